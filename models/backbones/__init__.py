@@ -1,0 +1,10 @@
+"""Backbones of the detector: ResNet/ResNeXt-FPN and EfficientNet-Lite0 + slim FPN.
+
+Every builder returns a module with ``out_channels``, ``strides`` (4..64) and
+``forward(images) -> OrderedDict`` with keys ``p2..p6``.
+"""
+
+from .efficientnet_lite import EfficientNetLite0, lite_fpn_backbone, load_lite0_imagenet
+from .resnet import resnet_fpn_backbone
+
+__all__ = ["EfficientNetLite0", "lite_fpn_backbone", "load_lite0_imagenet", "resnet_fpn_backbone"]
