@@ -198,7 +198,7 @@ def train(args: argparse.Namespace) -> int:
     train_model = model
     if ddp.world_size > 1:
         ids = [device.index] if device.type == "cuda" else None
-        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids, find_unused_parameters=True)
+        train_model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     loader_args = dict(batch_size=args.batch_size, collate_fn=collate_pairs, num_workers=args.workers)
     if args.workers > 0:

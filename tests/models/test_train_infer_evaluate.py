@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 import statistics
+import subprocess
+import sys
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -79,3 +82,20 @@ def test_train_refuses_bad_input_with_the_file_named(split, tmp_path, capsys) ->
     assert "missing" in capsys.readouterr().err
     assert _train(split, tmp_path / "run2", "--resume") == 2
     assert "latest.pt" in capsys.readouterr().err
+
+
+def test_two_process_ddp_training_with_torchrun(split, tmp_path) -> None:
+    """The multi-GPU path, run on the CPU with the gloo backend."""
+    run = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "-m", "models.train",
+        "--preset", "lite", "--data", str(split), "--out", str(run), "--input-size", "160x96",
+        "--workers", "0", "--threads", "1", "--max-iters", "2", "--log-every", "1", "--warmup-iters", "0",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=Path(__file__).parents[2])
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    # One log (rank 0 only), and the rate scaled to the two-process batch.
+    assert [r["iter"] for r in records] == [1, 2]
+    assert records[1]["lr"] == pytest.approx(0.005 * 2 / 32)
+    assert (run / "latest.pt").is_file()
