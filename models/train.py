@@ -164,6 +164,11 @@ def train(args: argparse.Namespace) -> int:
     categories = annotations.categories
 
     model = build_model(args.preset, **model_overrides(args, categories))
+    if ddp.main and model.config.backbone == "resnet" and not model.config.pretrained_backbone and not (
+        args.resume or args.weights
+    ):
+        print(f"warning: {args.preset} starts from random weights; give --pretrained-backbone "
+              "PATH (a local torchvision ImageNet checkpoint) for the reference recipe", file=sys.stderr)
     start_iteration = 0
     resume = None
     if args.resume:
@@ -205,7 +210,7 @@ def train(args: argparse.Namespace) -> int:
         loader_args["persistent_workers"] = False
     args.out.mkdir(parents=True, exist_ok=True)
     log = (args.out / "log.jsonl").open("a") if ddp.main else None
-    stop_at = min(total_iters, args.max_iters or total_iters)
+    stop_at = total_iters if args.max_iters is None else min(total_iters, args.max_iters)
     deadline = time.monotonic() + args.time_limit * 60 if args.time_limit else math.inf
 
     def checkpoint(name: str, iteration: int) -> None:

@@ -99,3 +99,10 @@ def test_two_process_ddp_training_with_torchrun(split, tmp_path) -> None:
     assert [r["iter"] for r in records] == [1, 2]
     assert records[1]["lr"] == pytest.approx(0.005 * 2 / 32)
     assert (run / "latest.pt").is_file()
+
+
+def test_resnet_without_imagenet_weights_is_warned_about(split, tmp_path, capsys) -> None:
+    args = ["--preset", "r50", "--data", str(split), "--out", str(tmp_path / "r50"), "--max-iters", "0", "--workers", "0"]
+    assert train.main(args) == 0
+    err = capsys.readouterr().err
+    assert "r50 starts from random weights" in err and "stopped at 0/" in err
