@@ -26,6 +26,7 @@ from tqdm import tqdm
 
 from .checkpoint import load_model
 from .data import load_ytvis, read_frame
+from .data.split_args import add_split_arguments, resolve_split_arguments
 from .masktrack_rcnn import MaskTrackRCNN
 from .tracker import Tracker
 
@@ -115,9 +116,7 @@ def submission_entries(video_id: int, length: int, tracks: dict[int, TrackResult
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m models.infer", description=__doc__.split("\n\n")[0])
     p.add_argument("--weights", type=Path, required=True, help="checkpoint from models.train")
-    p.add_argument("--data", type=Path, help="split folder with instances.json and JPEGImages/")
-    p.add_argument("--ann", type=Path, help="annotation JSON listing the videos (default: DATA/instances.json)")
-    p.add_argument("--images", type=Path, help="image root (default: DATA/JPEGImages)")
+    add_split_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="results JSON to write")
     p.add_argument("--zip", action="store_true", help="also write the submission zip (results.json inside)")
     p.add_argument("--support-frames", type=int, default=2, help="past frames for Temporal RoI Align (T)")
@@ -126,12 +125,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--score-thresh", type=float, help="detection score threshold (default: the model's, 0.05)")
     p.add_argument("--threads", type=int)
     args = p.parse_args(argv)
-    if args.data is None and (args.ann is None or args.images is None):
-        p.error("give --data DIR, or both --ann and --images")
+    resolve_split_arguments(p, args)
     if args.support_frames < 0:
         p.error("--support-frames must be >= 0")
-    args.ann = args.ann or args.data / "instances.json"
-    args.images = args.images or args.data / "JPEGImages"
     return args
 
 

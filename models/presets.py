@@ -25,12 +25,11 @@ from .heads import SeparableRPNHead, TrackHead
 from .masktrack_rcnn import MaskTrackRCNN
 from .roi_align import MultiLevelRoIAlign
 from .roi_heads import MaskTrackRoIHeads, validate_temporal_heads
-from .temporal_roi_align import TemporalRoIAlign
+from .temporal_roi_align import SUPPORT_LEVELS, TemporalRoIAlign
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROI_EXTRACTORS = ("roialign", "temporal")
-SUPPORT_LEVELS = ("same", "coarsest")
 ROI_STRIDES = (4, 8, 16, 32)
 
 

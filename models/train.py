@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
 from .data import YTVISPairs, collate_pairs, load_ytvis
+from .data.split_args import add_split_arguments, resolve_split_arguments
 from .presets import PRESETS, build_model
 from .schedule import ResumableSampler, Schedule
 
@@ -48,9 +49,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--preset", required=True, choices=list(PRESETS))
     p.add_argument("--roi-extractor", choices=["roialign", "temporal"], default="roialign")
     p.add_argument("--temporal-heads", default="box,track", help="heads using Temporal RoI Align (box,mask,track)")
-    p.add_argument("--data", type=Path, help="split folder with instances.json and JPEGImages/")
-    p.add_argument("--ann", type=Path, help="annotation JSON (default: DATA/instances.json)")
-    p.add_argument("--images", type=Path, help="image root (default: DATA/JPEGImages)")
+    add_split_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log.jsonl")
     p.add_argument("--input-size", type=parse_size, default=(640, 360), help="keep-ratio scale WxH")
     p.add_argument("--frame-range", type=int, default=None, help="reference frame within +-N frames")
@@ -77,10 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
     args = p.parse_args(argv)
-    if args.data is None and (args.ann is None or args.images is None):
-        p.error("give --data DIR, or both --ann and --images")
-    args.ann = args.ann or args.data / "instances.json"
-    args.images = args.images or args.data / "JPEGImages"
+    resolve_split_arguments(p, args)
     return args
 
 
