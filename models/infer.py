@@ -60,8 +60,7 @@ class SupportCache:
         return [torch.stack([f[level] for f in self.frames])[None] for level in range(levels)]
 
     def push(self, features: list[torch.Tensor]) -> None:
-        if self.frames.maxlen:
-            self.frames.append(features)
+        self.frames.append(features)  # a size-0 cache keeps nothing
 
 
 def run_video(

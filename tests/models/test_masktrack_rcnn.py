@@ -10,6 +10,7 @@ import torch
 
 from models import PRESETS, MaskTrackRCNN, TemporalRoIAlign, build_model
 from models.heads import TrackHead, track_logits, track_loss, track_targets
+from models.infer import SupportCache
 
 from .synthetic_pair import make_pair
 
@@ -18,15 +19,12 @@ ROI_LEVEL_STRIDES = (4, 8, 16, 32)
 
 def _run_video(model: MaskTrackRCNN, frames: list[torch.Tensor], window: int) -> list[dict]:
     """Online inference: each frame sees the cache of up to ``window`` past frames."""
-    cache: list[list[torch.Tensor]] = []
+    cache = SupportCache(window)
     outputs = []
     for frame in frames:
-        support = None
-        if cache:
-            support = [torch.stack([c[level] for c in cache])[None] for level in range(len(cache[0]))]
-        out = model([frame], support_features=support)[0]
+        out = model([frame], support_features=cache.features())[0]
         outputs.append(out)
-        cache = (cache + [out["cache_features"]])[-window:]
+        cache.push(out["cache_features"])
     return outputs
 
 
