@@ -19,6 +19,19 @@ import torch
 from .masktrack_rcnn import MaskTrackRCNN
 from .presets import PRESETS, ModelConfig, build_model
 
+# Weights that ship inside the package, per preset (see weights/MODEL_CARD.md).
+WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+SHIPPED_WEIGHTS = {"lite": "person-lite.pt"}
+
+
+def shipped_weights(preset: str) -> Path | None:
+    """The preset's shipped checkpoint, or None when it has none (yet)."""
+    name = SHIPPED_WEIGHTS.get(preset)
+    if name is None:
+        return None
+    path = WEIGHTS_DIR / name
+    return path if path.is_file() else None
+
 
 def config_to_dict(config: ModelConfig) -> dict[str, Any]:
     out = dataclasses.asdict(config)

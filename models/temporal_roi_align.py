@@ -101,6 +101,65 @@ def aggregate_frames(frames: Tensor, embedded: Tensor | None, num_heads: int) ->
     return out.view(num_rois, channels, height, width)
 
 
+def most_similar_roi_align(
+    roi_feats: Tensor,
+    levels: Tensor,
+    batch_index: Tensor,
+    support: Sequence[Tensor],
+    num_most_similar: int,
+    memory_budget_mb: float = 256.0,
+) -> Tensor:
+    """Most-Similar RoI Align for every RoI against its image's support frames.
+
+    roi_feats: ``[R, C, h, w]`` this frame's pooled RoI features.
+    levels: ``[R]`` the support level each RoI searches.
+    batch_index: ``[R]`` the image each RoI belongs to.
+    support: per level ``[B, T, C, H_l, W_l]``.
+    Returns ``[T, R, C, h, w]``: for each support frame, every RoI cell's
+    softmax-weighted sum of the raw support vectors at the
+    ``min(num_most_similar, H_l * W_l)`` positions whose unit vectors are most
+    cosine-similar to the cell's unit vector. The search runs in RoI chunks
+    whose working set stays under ``memory_budget_mb``. Differentiable; this is
+    the reference the registered operator and the kernels are checked against.
+    """
+    num_rois, channels, height, width = roi_feats.shape
+    num_images, num_frames = support[0].shape[:2]
+    cells_per_roi = height * width
+    # One buffer filled in place: concatenating per-chunk results and restoring
+    # the RoI order would each copy it.
+    out = roi_feats.new_zeros((num_frames, num_rois, channels, height, width))
+    if num_frames == 0 or num_rois == 0:
+        return out
+    # [R, h*w, C]: one unit query vector per RoI cell.
+    cells = F.normalize(roi_feats, dim=1, eps=_NORM_EPS).flatten(2).transpose(1, 2).contiguous()
+    budget_bytes = memory_budget_mb * 2**20
+    for level, level_support in enumerate(support):
+        in_level = levels == level
+        if not bool(in_level.any()):
+            continue
+        positions = level_support.shape[-2] * level_support.shape[-1]
+        k = min(num_most_similar, positions)
+        extra = num_frames * (k * channels + channels + 6 * k)
+        chunk = roi_chunk_size(cells_per_roi, num_frames * positions, budget_bytes, roi_feats.element_size(), extra)
+        for image in range(num_images):
+            index = torch.nonzero(in_level & (batch_index == image)).squeeze(1)
+            if index.numel() == 0:
+                continue
+            support_image = level_support[image]  # [T, C, H, W]
+            support_unit = F.normalize(support_image, dim=1, eps=_NORM_EPS)
+            support_unit = support_unit.transpose(0, 1).reshape(channels, -1)
+            support_rows = support_image.flatten(2).transpose(1, 2).reshape(-1, channels)
+            for start in range(0, index.numel(), chunk):
+                part = index[start : start + chunk]
+                found = most_similar_features(
+                    cells[part].reshape(-1, channels), support_unit, support_rows, num_frames, k
+                )
+                # [n*h*w, T, C] -> [T, n, C, h, w]
+                found = found.view(part.numel(), height, width, num_frames, channels)
+                out[:, part] = found.permute(3, 0, 4, 1, 2)
+    return out
+
+
 class TemporalRoIAlign(nn.Module):
     """RoI Align whose features also draw on the most similar parts of past frames.
 
@@ -175,49 +234,22 @@ class TemporalRoIAlign(nn.Module):
 
     def temporal_frames(self, roi_feats: Tensor, rois: Tensor, support_features: list[Tensor]) -> Tensor:
         """``[1 + T, R, C, h, w]``: the RoI features, then Most-Similar RoI Align per support frame."""
-        num_rois, channels, height, width = roi_feats.shape
-        num_images, num_frames = support_features[0].shape[:2]
-        cells_per_roi = height * width
-        # One buffer filled in place: concatenating per-chunk results, restoring
-        # the RoI order and stacking with the current frame would each copy it.
-        frames = roi_feats.new_empty((1 + num_frames, num_rois, channels, height, width))
-        frames[0] = roi_feats
-        # [R, h*w, C]: one unit query vector per RoI cell.
-        cells = F.normalize(roi_feats, dim=1, eps=_NORM_EPS).flatten(2).transpose(1, 2).contiguous()
         levels = self.search_levels(rois)
         image_of_roi = rois[:, 0].long()
-        budget_bytes = self.memory_budget_mb * 2**20
-        filled = 0
-        for level, support in enumerate(support_features):
-            in_level = levels == level
-            if not bool(in_level.any()):
-                continue
-            positions = support.shape[-2] * support.shape[-1]
-            k = min(self.num_most_similar, positions)
-            extra = num_frames * (k * channels + channels + 6 * k)
-            chunk = roi_chunk_size(
-                cells_per_roi, num_frames * positions, budget_bytes, roi_feats.element_size(), extra
-            )
-            for image in range(num_images):
-                index = torch.nonzero(in_level & (image_of_roi == image)).squeeze(1)
-                if index.numel() == 0:
-                    continue
-                support_image = support[image]  # [T, C, H, W]
-                support_unit = F.normalize(support_image, dim=1, eps=_NORM_EPS)
-                support_unit = support_unit.transpose(0, 1).reshape(channels, -1)
-                support_rows = support_image.flatten(2).transpose(1, 2).reshape(-1, channels)
-                for start in range(0, index.numel(), chunk):
-                    part = index[start : start + chunk]
-                    found = most_similar_features(
-                        cells[part].reshape(-1, channels), support_unit, support_rows, num_frames, k
-                    )
-                    # [n*h*w, T, C] -> [T, n, C, h, w]
-                    found = found.view(part.numel(), height, width, num_frames, channels)
-                    frames[1:, part] = found.permute(3, 0, 4, 1, 2)
-                    filled += part.numel()
-        if filled != num_rois:
+        num_images = support_features[0].shape[0]
+        if bool(((image_of_roi < 0) | (image_of_roi >= num_images)).any()):
             raise ValueError(f"RoI batch indices must lie in [0, {num_images}) to match the support frames")
-        return frames
+        if torch.is_grad_enabled() and (roi_feats.requires_grad or any(s.requires_grad for s in support_features)):
+            found = most_similar_roi_align(
+                roi_feats, levels, image_of_roi, support_features, self.num_most_similar, self.memory_budget_mb
+            )
+        else:
+            # Inference goes through the registered operator, so an exporter
+            # sees Most-Similar RoI Align as one node.
+            found = torch.ops.cellwatch.most_similar_roi_align(
+                roi_feats, levels, image_of_roi, list(support_features), self.num_most_similar, self.memory_budget_mb
+            )
+        return torch.cat([roi_feats.unsqueeze(0), found])
 
     def _check_support(self, features: list[Tensor], support_features: list[Tensor]) -> None:
         if len(support_features) != len(features):
@@ -241,3 +273,8 @@ class TemporalRoIAlign(nn.Module):
             f"num_heads={self.num_heads}, support_level={self.support_level!r}, "
             f"memory_budget_mb={self.memory_budget_mb}"
         )
+
+
+# Registers torch.ops.cellwatch.most_similar_roi_align around the reference
+# above; imported last because it needs this module's functions.
+from . import troi_op  # noqa: E402, F401
