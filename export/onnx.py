@@ -207,6 +207,8 @@ def export_onnx(
     frames = torch.export.Dim("T", min=0, max=MAX_SUPPORT_FRAMES)
     dynamic = {"image": None, **{name: {0: frames} for name in INPUT_NAMES[1:]}}
     started = time.perf_counter()
+    # torchvision's NMS meta kernel uses a deprecated symbolic-size call: not ours to fix
+    warnings.filterwarnings("ignore", message=".*create_unbacked_symint.*", category=FutureWarning)
     log(f"tracing {model.preset} at {width}x{height} (frame {frame_size[1]}x{frame_size[0]}), mode {mode}")
     with torch.no_grad():
         program = torch.export.export(graph, example, dynamic_shapes=dynamic, strict=False)
@@ -218,18 +220,16 @@ def export_onnx(
         else:
             table = _plugin_translation()
         log(f"traced in {time.perf_counter() - started:.0f} s; writing ONNX (opset {opset})")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            program_onnx = torch.onnx.export(
-                program,
-                example,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                opset_version=opset,
-                dynamo=True,
-                custom_translation_table=table,
-                verbose=False,
-            )
+        program_onnx = torch.onnx.export(
+            program,
+            example,
+            input_names=list(INPUT_NAMES),
+            output_names=list(OUTPUT_NAMES),
+            opset_version=opset,
+            dynamo=True,
+            custom_translation_table=table,
+            verbose=False,
+        )
     proto = program_onnx.model_proto
     t_dim = proto.graph.input[1].type.tensor_type.shape.dim[0].dim_param
     _rename_dims(proto, {t_dim: "T"} if t_dim else {})
