@@ -185,3 +185,50 @@ def most_similar_triton(cells: Tensor, support_unit: Tensor, support_raw: Tensor
         BLOCK_C=block_c,
     )
     return out
+
+
+def most_similar_roi_align_triton(
+    roi_feats: Tensor,
+    levels: Tensor,
+    batch_index: Tensor,
+    support: list[Tensor],
+    num_most_similar: int,
+    memory_budget_mb: float = 256.0,
+) -> Tensor:
+    """``torch.ops.cellwatch.most_similar_roi_align`` on the fused kernel: ``[T, R, C, h, w]``.
+
+    Groups the RoIs by (support level, image) as the reference does and runs
+    one kernel launch per group; nothing of size R x T x P is allocated, so
+    the memory budget has nothing to bound and is not read.
+    """
+    from models.troi_op import check_inputs
+
+    check_inputs(roi_feats, levels, batch_index, support, num_most_similar)
+    num_rois, channels, height, width = roi_feats.shape
+    num_images, num_frames = support[0].shape[:2]
+    out = roi_feats.new_zeros((num_frames, num_rois, channels, height, width))
+    if num_frames == 0 or num_rois == 0:
+        return out
+    cells = torch.nn.functional.normalize(roi_feats, dim=1, eps=1e-12).flatten(2).transpose(1, 2)
+    for level, level_support in enumerate(support):
+        positions = level_support.shape[-2] * level_support.shape[-1]
+        k = min(num_most_similar, positions, MAX_K)
+        if k < min(num_most_similar, positions):
+            raise ValueError(f"the Triton kernel keeps at most {MAX_K} most similar positions, got {num_most_similar}")
+        for image in range(num_images):
+            index = torch.nonzero((levels == level) & (batch_index == image)).squeeze(1)
+            if index.numel() == 0:
+                continue
+            raw = level_support[image].flatten(2).transpose(1, 2)  # [T, P, C]
+            unit = torch.nn.functional.normalize(raw, dim=2, eps=1e-12)
+            found = most_similar_triton(cells[index].reshape(-1, channels), unit, raw, k)  # [n*h*w, T, C]
+            found = found.view(index.numel(), height, width, num_frames, channels)
+            out[:, index] = found.permute(3, 0, 4, 1, 2)
+    return out
+
+
+def register_cuda_kernel() -> None:
+    """Make the registered operator run this kernel for CUDA tensors."""
+    from models.troi_op import most_similar_roi_align
+
+    most_similar_roi_align.register_kernel("cuda")(most_similar_roi_align_triton)

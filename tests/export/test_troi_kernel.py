@@ -122,3 +122,21 @@ def test_bad_dtype_raises():
         most_similar_triton(
             torch.zeros(4, 16, dtype=torch.float64), torch.zeros(1, 8, 16), torch.zeros(1, 8, 16), 1
         )
+
+
+def test_full_operator_on_the_kernel_equals_the_registered_reference():
+    from export.kernels.troi_triton import most_similar_roi_align_triton
+
+    g = torch.Generator().manual_seed(5)
+    channels = 24
+    roi_feats = torch.randn(6, channels, 3, 3, generator=g)
+    levels = torch.tensor([0, 1, 1, 2, 3, 0])
+    batch_index = torch.tensor([0, 1, 0, 1, 1, 1])
+    support = [torch.randn(2, 2, channels, 9 // 2**i + 1, 7 // 2**i + 1, generator=g) for i in range(4)]
+    expected = torch.ops.cellwatch.most_similar_roi_align(roi_feats, levels, batch_index, support, 2, 256.0)
+    got = most_similar_roi_align_triton(
+        roi_feats.to(DEVICE), levels.to(DEVICE), batch_index.to(DEVICE), [s.to(DEVICE) for s in support], 2
+    )
+    torch.testing.assert_close(got.cpu(), expected, atol=1e-4, rtol=1e-4)
+    empty = [s[:, :0] for s in support]
+    assert most_similar_roi_align_triton(roi_feats, levels, batch_index, empty, 2).shape == (0, 6, channels, 3, 3)
