@@ -201,22 +201,23 @@ def _batched_nms(boxes: Tensor, scores: Tensor, idxs: Tensor, threshold: float) 
 
 
 def _multilevel_roi_align(extractor: MultiLevelRoIAlign, features: list[Tensor], rois: Tensor) -> Tensor:
-    """``MultiLevelRoIAlign`` without data-dependent branches: every level
-    pools every RoI and each RoI keeps its own level's result (the pooling is
-    per RoI, so the values are those of the eager module)."""
+    """``MultiLevelRoIAlign`` without data-dependent branches: each level pools
+    the RoIs assigned to it (NonZero + RoiAlign + ScatterND once exported);
+    a level with no RoIs pools an empty set."""
     levels = map_rois_to_levels(rois, extractor.num_levels, extractor.finest_scale)
-    out = None
+    size = extractor.output_size
+    out = rois.new_zeros((rois.shape[0], features[0].shape[1], size, size))
     for level, (feature, stride) in enumerate(zip(features, extractor.featmap_strides)):
+        index = torch.nonzero(levels == level).squeeze(1)
         pooled = roi_align(
             feature,
-            rois,
-            output_size=(extractor.output_size, extractor.output_size),
+            rois[index],
+            output_size=(size, size),
             spatial_scale=1.0 / stride,
             sampling_ratio=extractor.sampling_ratio,
             aligned=True,
         )
-        chosen = (levels == level).view(-1, 1, 1, 1)
-        out = torch.where(chosen, pooled, torch.zeros_like(pooled)) if out is None else torch.where(chosen, pooled, out)
+        out = out.index_put((index,), pooled)
     return out
 
 
