@@ -190,9 +190,14 @@ class _TrackMemory:
         self.last_seen = np.concatenate([self.last_seen, np.full(len(ids), frame, dtype=np.int64)])
         self.hits = np.concatenate([self.hits, np.ones(len(ids), dtype=np.int64)])
 
+    FIELDS = ("ids", "embeddings", "boxes", "labels", "scores", "last_seen", "hits")
+
     def keep(self, mask: np.ndarray) -> None:
-        for name in ("ids", "embeddings", "boxes", "labels", "scores", "last_seen", "hits"):
+        for name in self.FIELDS:
             setattr(self, name, getattr(self, name)[mask])
+
+    def nbytes(self) -> int:
+        return sum(getattr(self, name).nbytes for name in self.FIELDS)
 
 
 class Tracker:
@@ -250,6 +255,10 @@ class Tracker:
 
     def __len__(self) -> int:
         return len(self._memory)
+
+    def memory_bytes(self) -> int:
+        """Bytes held by the remembered tracks (what ``max_tracks`` bounds)."""
+        return self._memory.nbytes()
 
     def update(
         self, embeddings: np.ndarray, boxes: np.ndarray, labels: np.ndarray, scores: np.ndarray

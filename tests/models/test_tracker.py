@@ -360,3 +360,14 @@ def test_tracker_imports_without_torch():
 def test_greedy_assign_rejects_non_finite_scores():
     with pytest.raises(ValueError, match="comp must be finite"):
         greedy_assign(np.array([[-np.inf, 0.0], [0.0, 1.0]]))
+
+
+def test_memory_bytes_grows_with_tracks_and_is_bounded_by_max_tracks():
+    tracker = Tracker(max_tracks=2)
+    assert tracker.memory_bytes() == 0
+    rng = np.random.default_rng(0)
+    for frame in range(4):
+        boxes = np.array([[10.0 * i + 100 * frame, 0, 10.0 * i + 100 * frame + 5, 5] for i in range(3)])
+        tracker.update(rng.normal(size=(3, 8)) * 10, boxes, np.ones(3, dtype=np.int64), np.full(3, 0.9))
+    # two tracks of 8 float64 embedding values + 4 box values + 5 scalars each
+    assert tracker.memory_bytes() == 2 * (8 * 8 + 4 * 8 + 5 * 8)
