@@ -1,0 +1,567 @@
+"""Pulled video sources: RTSP, HTTP(S) MJPEG and files, each in its own thread.
+
+``parse_source`` turns a stream's ``source`` URL and options into a validated
+``SourceSpec``; ``PullSource`` runs one worker thread per stream that opens
+the source, reads frames and hands each to ``on_frame(frame_bgr, capture_ts)``.
+What happens to the source is reported through ``on_event(kind, detail)``:
+
+- ``connected``: after every (re)connect, and after a looped file rewinds, so
+  the pipeline resets its tracker and support-feature cache (the frames before
+  and after are not one continuous video);
+- ``disconnected``: a live source that was connected stopped delivering;
+- ``error``: an attempt to connect failed, or a file cannot be played;
+- ``reconnecting``: a retry is scheduled (exponential backoff with jitter);
+- ``ended``: a file (without ``loop``) reached its end; the worker exits.
+
+Live sources (RTSP, HTTP) never end: whatever stops them is retried, from
+``reconnect_initial_s`` doubling up to ``reconnect_max_s``; the schedule
+restarts after a connection that delivered a frame. RTSP and files go through
+``cv2.VideoCapture`` (FFmpeg backend; RTSP transport options can be set with
+``OPENCV_FFMPEG_CAPTURE_OPTIONS``, e.g. ``rtsp_transport;tcp``). HTTP MJPEG is
+read by ``MultipartReader`` below, on ``http.client``: a part whose image does
+not decode is counted (``bad_parts``) and skipped; a broken multipart
+structure ends the connection, which is then retried.
+
+``stop()`` returns promptly: waits are on an event, an HTTP socket is shut
+down under a blocked read, and a cv2 capture (which cannot be interrupted) is
+bounded by ``read_timeout_s`` and released by its own thread.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import logging
+import math
+import random
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import BinaryIO
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import cv2
+import numpy as np
+
+log = logging.getLogger("cellwatch.sources")
+
+FrameCallback = Callable[[np.ndarray, float], None]
+EventCallback = Callable[[str, str], None]
+
+LIVE_SCHEMES = {"rtsp": "rtsp", "rtsps": "rtsp", "http": "http", "https": "http"}
+DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
+MAX_PART_BYTES = 32 * 2**20
+MAX_HEADER_LINE = 8192
+MAX_PART_HEADERS = 64
+# A part's capture time, as sent by e.g. mjpg-streamer. A value far from this
+# machine's clock is a camera's monotonic clock, not the epoch: it is ignored.
+TIMESTAMP_HEADERS = ("x-timestamp", "x-capture-timestamp", "x-capture-ts")
+TIMESTAMP_MAX_SKEW_S = 3600.0
+
+
+class SourceError(RuntimeError):
+    """A source could not be opened or read; the message says why."""
+
+
+# --------------------------------------------------------------------- spec
+@dataclass(frozen=True)
+class SourceSpec:
+    url: str
+    loop: bool = False
+    fps: float | None = None
+    reconnect_initial_s: float = 0.5
+    reconnect_max_s: float = 10.0
+    read_timeout_s: float = 5.0
+
+    def __post_init__(self) -> None:
+        if self.fps is not None and (not math.isfinite(self.fps) or self.fps < 0):
+            raise ValueError(f"fps must be >= 0 (0 = as fast as possible) or unset, got {self.fps!r}")
+        if not (0 < self.reconnect_initial_s <= self.reconnect_max_s) or not math.isfinite(self.reconnect_max_s):
+            raise ValueError(
+                "need 0 < reconnect_initial_s <= reconnect_max_s, got "
+                f"{self.reconnect_initial_s!r} and {self.reconnect_max_s!r}"
+            )
+        if not (0 < self.read_timeout_s < math.inf):
+            raise ValueError(f"read_timeout_s must be > 0, got {self.read_timeout_s!r}")
+
+    @property
+    def kind(self) -> str:
+        """``rtsp``, ``http`` (MJPEG over HTTP or HTTPS) or ``file``."""
+        return LIVE_SCHEMES.get(urlsplit(self.url).scheme.lower(), "file")
+
+    @property
+    def path(self) -> str:
+        """The file to play (file sources only)."""
+        parts = urlsplit(self.url)
+        return unquote(parts.path) if parts.scheme.lower() == "file" else self.url
+
+
+def parse_source(url: str, **options) -> SourceSpec:
+    """Validate a source URL and its options; ValueError says what is wrong."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("a source URL is required: rtsp://..., http(s)://... (MJPEG), file:///path or a path")
+    url = url.strip()
+    allowed = {f.name for f in fields(SourceSpec)} - {"url"}
+    unknown = sorted(set(options) - allowed)
+    if unknown:
+        raise ValueError(f"unknown source option(s) {unknown}; accepted: {sorted(allowed)}")
+    values = {}
+    for name, value in options.items():
+        if name == "loop":
+            if not isinstance(value, bool):
+                raise ValueError(f"loop must be true or false, got {value!r}")
+        elif name == "fps" and value is None:
+            pass  # the file's own frame rate
+        elif isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"{name} must be a number, got {value!r}")
+        else:
+            value = float(value)
+        values[name] = value
+
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in LIVE_SCHEMES:
+        if not parts.hostname:
+            raise ValueError(f"source URL {redact(url)!r} has no host")
+        for name in ("loop", "fps"):
+            if name in values and values[name] not in (None, False):
+                raise ValueError(f"option {name} applies to file sources only, not {scheme}://")
+        return SourceSpec(url, **values)
+    if scheme == "file":
+        if parts.netloc not in ("", "localhost"):
+            raise ValueError(f"file URL {url!r} names host {parts.netloc!r}; use file:///absolute/path")
+        path = Path(unquote(parts.path))
+    elif scheme == "" or len(scheme) == 1:  # a plain path (or a Windows drive letter)
+        path = Path(url)
+    else:
+        raise ValueError(
+            f"unsupported source scheme {scheme!r}: use rtsp://, http(s):// (MJPEG), file:///path or a plain path"
+        )
+    if not path.exists():
+        raise ValueError(f"video file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise ValueError(f"video source {str(path)!r} is not a file")
+    return SourceSpec(url, **values)
+
+
+def redact(url: str) -> str:
+    """The URL without its password, for logs and events."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{host}"))
+
+
+def backoff_delay(attempt: int, initial_s: float, max_s: float, rng: random.Random | None = None) -> float:
+    """Seconds to wait before retry ``attempt`` (0 = the first retry after a success).
+
+    The ceiling doubles from ``initial_s`` per attempt and stops at ``max_s``;
+    the delay is drawn from [ceiling / 2, ceiling] so that streams cut by one
+    network fault do not all reconnect in the same instant, while the wait
+    still grows with every failure.
+    """
+    ceiling = min(max_s, initial_s * 2.0 ** min(max(attempt, 0), 64))
+    return ceiling * (0.5 + 0.5 * (rng or random).random())
+
+
+# -------------------------------------------------------------- MJPEG parts
+def parse_boundary(content_type: str) -> bytes:
+    """The multipart boundary of a ``multipart/x-mixed-replace`` Content-Type."""
+    media, *params = content_type.split(";")
+    if media.strip().lower() != "multipart/x-mixed-replace":
+        raise SourceError(f"expected Content-Type multipart/x-mixed-replace (MJPEG), got {content_type!r}")
+    for param in params:
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "boundary":
+            # Some cameras declare the boundary with the "--" that, by the RFC,
+            # only the delimiter lines carry; either way is accepted.
+            boundary = value.strip().strip('"').lstrip("-")
+            if boundary:
+                return boundary.encode("latin-1")
+    raise SourceError(f"Content-Type {content_type!r} has no boundary parameter")
+
+
+class MultipartReader:
+    """Parts of a multipart/x-mixed-replace body, read from a binary stream.
+
+    A part's length comes from its Content-Length header when it has a valid
+    one, else from scanning for the next delimiter line.
+    """
+
+    def __init__(self, stream: BinaryIO, boundary: bytes, max_part_bytes: int = MAX_PART_BYTES) -> None:
+        self.stream = stream
+        self.boundary = boundary
+        self.max_part_bytes = max_part_bytes
+
+    def parts(self) -> Iterator[tuple[dict[str, str], bytes]]:
+        """Yield ``(headers, body)`` until the closing delimiter or the end of the stream."""
+        more = self._skip_to_delimiter()
+        while more:
+            headers = self._read_headers()
+            if headers is None:
+                return
+            length = _content_length(headers, self.max_part_bytes)
+            if length is not None:
+                body = self._read_exact(length)
+                if body is None:
+                    return  # cut in the middle of a part: the connection ended
+                more = self._skip_to_delimiter()
+            else:
+                body, more = self._read_to_delimiter()
+                if body is None:
+                    return
+            yield headers, body
+
+    def _delimiter(self, line: bytes) -> str | None:
+        """``"next"`` or ``"close"`` for a delimiter line, else None."""
+        stripped = line.strip()
+        name = stripped.lstrip(b"-")
+        if len(name) == len(stripped):
+            return None
+        if name == self.boundary:
+            return "next"
+        if name == self.boundary + b"--":
+            return "close"
+        return None
+
+    def _skip_to_delimiter(self) -> bool:
+        skipped = 0
+        while True:
+            line = self.stream.readline(MAX_HEADER_LINE)
+            if not line:
+                return False
+            kind = self._delimiter(line)
+            if kind is not None:
+                return kind == "next"
+            skipped += len(line)
+            if skipped > self.max_part_bytes:
+                raise SourceError(f"no multipart boundary {self.boundary!r} within {skipped} bytes")
+
+    def _read_headers(self) -> dict[str, str] | None:
+        headers: dict[str, str] = {}
+        for _ in range(MAX_PART_HEADERS):
+            line = self.stream.readline(MAX_HEADER_LINE)
+            if not line:
+                return None
+            if not line.endswith(b"\n"):
+                raise SourceError("multipart part header line too long")
+            line = line.strip()
+            if not line:
+                return headers
+            name, sep, value = line.decode("latin-1").partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+        raise SourceError(f"multipart part has more than {MAX_PART_HEADERS} header lines")
+
+    def _read_exact(self, length: int) -> bytes | None:
+        body = self.stream.read(length)
+        return body if len(body) == length else None
+
+    def _read_to_delimiter(self) -> tuple[bytes | None, bool]:
+        chunks: list[bytes] = []
+        size = 0
+        at_line_start = True
+        while True:
+            chunk = self.stream.readline(1 << 16)
+            if not chunk:
+                return None, False
+            if at_line_start:
+                kind = self._delimiter(chunk)
+                if kind is not None:
+                    body = b"".join(chunks)
+                    # the CRLF before a delimiter belongs to the delimiter
+                    if body.endswith(b"\r\n"):
+                        body = body[:-2]
+                    elif body.endswith(b"\n"):
+                        body = body[:-1]
+                    return body, kind == "next"
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > self.max_part_bytes:
+                raise SourceError(f"multipart part larger than {self.max_part_bytes} bytes without a boundary")
+            at_line_start = chunk.endswith(b"\n")
+
+
+def _content_length(headers: dict[str, str], limit: int) -> int | None:
+    value = headers.get("content-length", "")
+    if not value.isdigit():
+        return None
+    length = int(value)
+    if length > limit:
+        raise SourceError(f"multipart part of {length} bytes exceeds {limit}")
+    return length
+
+
+def part_timestamp(headers: dict[str, str], now: float) -> float:
+    """The part's capture time from its timestamp header, or ``now``."""
+    for name in TIMESTAMP_HEADERS:
+        value = headers.get(name)
+        if value is None:
+            continue
+        try:
+            stamp = float(value)
+        except ValueError:
+            continue
+        if math.isfinite(stamp) and abs(stamp - now) <= TIMESTAMP_MAX_SKEW_S:
+            return stamp
+    return now
+
+
+# ------------------------------------------------------------------- worker
+class PullSource:
+    """One stream's pulling worker thread (see the module docstring)."""
+
+    def __init__(
+        self,
+        stream_id: str,
+        spec: SourceSpec,
+        on_frame: FrameCallback,
+        on_event: EventCallback,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.stream_id = stream_id
+        self.spec = spec
+        self.on_frame = on_frame
+        self.on_event = on_event
+        self._rng = rng or random.Random()
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+        self._frames = 0
+        self._reconnects = 0
+        self._bad_parts = 0
+        self._callback_errors = 0
+        self._state = "idle"
+        self._last_error: str | None = None
+        self._connected = False
+        self._delivered = False
+
+    # -- control
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError(f"source of stream {self.stream_id!r} was already started")
+        self._state = "connecting"
+        self._thread = threading.Thread(target=self._run, name=f"source-{self.stream_id}", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> bool:
+        """Stop the worker; True if it exited within ``timeout`` seconds."""
+        self._stop.set()
+        with self._lock:
+            sock = self._socket
+        if sock is not None:
+            try:  # wakes a read blocked on this socket in the worker
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._thread is None:
+            self._state = "stopped"
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    def stats(self) -> dict:
+        return {
+            "frames": self._frames,
+            "reconnects": self._reconnects,
+            "bad_parts": self._bad_parts,
+            "state": self._state,
+            "last_error": self._last_error,
+        }
+
+    # -- worker
+    def _run(self) -> None:
+        try:
+            if self.spec.kind == "file":
+                self._run_file()
+            else:
+                self._run_live(self._session_http if self.spec.kind == "http" else self._session_rtsp)
+        except Exception as exc:  # a defect here must show, not kill the stream silently
+            log.exception("source worker failed", extra={"stream": self.stream_id})
+            self._fail(f"source worker failed: {type(exc).__name__}: {exc}")
+        finally:
+            if self._stop.is_set():
+                self._state = "stopped"
+
+    def _run_live(self, session: Callable[[], str]) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            self._connected = self._delivered = False
+            try:
+                reason = session()
+            except (OSError, SourceError, http.client.HTTPException, cv2.error) as exc:
+                reason = _describe(exc)
+            if self._stop.is_set():
+                return
+            self._last_error = reason
+            if self._connected:
+                self._state = "disconnected"
+                self._emit("disconnected", reason)
+            else:
+                self._emit("error", reason)
+            if self._delivered:
+                attempt = 0
+            delay = backoff_delay(attempt, self.spec.reconnect_initial_s, self.spec.reconnect_max_s, self._rng)
+            attempt += 1
+            self._reconnects += 1
+            self._state = "reconnecting"
+            self._emit("reconnecting", f"attempt {attempt} in {delay:.2f} s")
+            log.info("source reconnecting", extra={"stream": self.stream_id, "reason": reason, "delay_s": delay})
+            if self._stop.wait(delay):
+                return
+
+    def _run_file(self) -> None:
+        path = self.spec.path
+        passes = 0
+        while not self._stop.is_set():
+            try:
+                capture = self._open_capture(path)
+            except SourceError as exc:
+                self._fail(str(exc))
+                return
+            try:
+                self._mark_connected(path if passes == 0 else f"{path} (rewound, pass {passes + 1})")
+                count = self._play_file(capture)
+            finally:
+                capture.release()
+            if self._stop.is_set():
+                return
+            if count == 0:
+                self._fail(f"no frame could be decoded from {path!r}")
+                return
+            passes += 1
+            if not self.spec.loop:
+                self._state = "ended"
+                self._emit("ended", f"{path}: end of file after {count} frames")
+                return
+
+    def _play_file(self, capture: cv2.VideoCapture) -> int:
+        fps = self.spec.fps
+        if fps is None:
+            fps = capture.get(cv2.CAP_PROP_FPS)
+            if not (math.isfinite(fps) and 0 < fps <= 1000):
+                fps = DEFAULT_FILE_FPS
+        period = 1.0 / fps if fps > 0 else 0.0
+        count = 0
+        due = time.monotonic()
+        while not self._stop.is_set():
+            if period:
+                wait = due - time.monotonic()
+                if wait > 0:
+                    if self._stop.wait(wait):
+                        break
+                elif wait < -period:
+                    due = time.monotonic()  # fell behind: carry on at pace, never in a burst
+                due += period
+            ok, frame = capture.read()
+            if not ok:
+                break
+            self._deliver(frame, time.time())
+            count += 1
+        return count
+
+    def _session_rtsp(self) -> str:
+        capture = self._open_capture(self.spec.url)
+        try:
+            self._mark_connected(redact(self.spec.url))
+            while not self._stop.is_set():
+                ok, frame = capture.read()
+                if not ok:
+                    return f"no frame within {self.spec.read_timeout_s:g} s, or the stream ended"
+                self._deliver(frame, time.time())
+            return "stopped"
+        finally:
+            capture.release()
+
+    def _session_http(self) -> str:
+        parts = urlsplit(self.spec.url)
+        https = parts.scheme.lower() == "https"
+        connection_type = http.client.HTTPSConnection if https else http.client.HTTPConnection
+        connection = connection_type(parts.hostname, parts.port, timeout=self.spec.read_timeout_s)
+        try:
+            connection.connect()
+            with self._lock:
+                self._socket = connection.sock
+            if self._stop.is_set():  # stop() ran before the socket was registered
+                return "stopped"
+            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+            headers = {"Accept": "multipart/x-mixed-replace, */*", "User-Agent": "cellwatch"}
+            if parts.username is not None:
+                userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+                headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
+            connection.request("GET", target, headers=headers)
+            response = connection.getresponse()
+            if response.status != 200:
+                raise SourceError(f"HTTP {response.status} {response.reason}".strip())
+            boundary = parse_boundary(response.getheader("Content-Type", ""))
+            self._mark_connected(redact(self.spec.url))
+            for part_headers, body in MultipartReader(response, boundary).parts():
+                now = time.time()
+                image = cv2.imdecode(np.frombuffer(body, np.uint8), cv2.IMREAD_COLOR) if body else None
+                if image is None:
+                    self._bad_parts += 1
+                    log.warning(
+                        "undecodable MJPEG part skipped",
+                        extra={"stream": self.stream_id, "bytes": len(body), "bad_parts": self._bad_parts},
+                    )
+                    continue
+                self._deliver(image, part_timestamp(part_headers, now))
+                if self._stop.is_set():
+                    return "stopped"
+            return "the server ended the MJPEG stream"
+        finally:
+            with self._lock:
+                self._socket = None
+            connection.close()
+
+    # -- helpers
+    def _open_capture(self, target: str) -> cv2.VideoCapture:
+        timeout_ms = int(self.spec.read_timeout_s * 1000)
+        params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, timeout_ms, cv2.CAP_PROP_READ_TIMEOUT_MSEC, timeout_ms]
+        capture = cv2.VideoCapture(target, cv2.CAP_FFMPEG, params)
+        if not capture.isOpened():
+            capture.release()
+            raise SourceError(f"could not open {redact(target)!r} with the FFmpeg backend")
+        return capture
+
+    def _mark_connected(self, detail: str) -> None:
+        self._connected = True
+        self._state = "connected"
+        self._emit("connected", detail)
+        log.info("source connected", extra={"stream": self.stream_id, "source": detail})
+
+    def _deliver(self, frame: np.ndarray, capture_ts: float) -> None:
+        self._frames += 1
+        self._delivered = True
+        try:
+            self.on_frame(frame, capture_ts)
+        except Exception:  # the consumer's failure is its own; keep reading
+            self._callback_errors += 1
+            if self._callback_errors == 1 or self._callback_errors % 100 == 0:
+                log.exception("on_frame failed", extra={"stream": self.stream_id, "count": self._callback_errors})
+
+    def _fail(self, reason: str) -> None:
+        self._last_error = reason
+        self._state = "failed"
+        self._emit("error", reason)
+
+    def _emit(self, kind: str, detail: str) -> None:
+        try:
+            self.on_event(kind, detail)
+        except Exception:
+            log.exception("on_event failed", extra={"stream": self.stream_id, "event": kind})
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SourceError):
+        return str(exc)
+    if isinstance(exc, TimeoutError):
+        return "read timed out"
+    return f"{type(exc).__name__}: {exc}"
