@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SAMPLES := /usr/share/doc/opencv-doc/examples/data
 
-.PHONY: test demo bench samples clean
+.PHONY: test demo bench samples compose-client clean
 
 # The venv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,7 +31,16 @@ samples:
 	  else echo "note: opencv-doc is missing and cannot be installed here; tests that need real footage will skip"; fi; \
 	fi
 
-test: $(STAMP) samples
+# A compose client, to check docker-compose.yml statically (no engine is needed).
+compose-client:
+	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing docker-compose (client only, to validate docker-compose.yml)"; \
+	    apt-get update -qq && apt-get install -y -qq --no-install-recommends docker-compose >/dev/null; \
+	  else echo "note: no compose client; the compose config check will skip"; fi; \
+	fi
+
+test: $(STAMP) samples compose-client
 	$(BIN)/python -m pytest
 
 bench: $(STAMP)
