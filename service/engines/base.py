@@ -1,0 +1,80 @@
+"""The one interface every inference engine implements.
+
+An engine runs the exported per-frame network (see ``export.graph``): a batch
+of frames, each from its own stream with its own support-feature cache, in;
+per frame the detections and this frame's cache entry out. Engines are
+synchronous and not thread-safe; ``service.engines.batching.BatchingEngine``
+puts one behind a queue that the streams share.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FrameInput:
+    """image: float32 ``[3, H, W]`` RGB in [0, 1] at ``Engine.input_size``.
+    cache: per cache level ``[T, C, H_l, W_l]`` float32, oldest first (T may be 0)."""
+
+    image: np.ndarray
+    cache: list[np.ndarray]
+
+
+@dataclass
+class FrameOutput:
+    """Detections in working-size pixels, and this frame's cache entry.
+
+    boxes ``[N, 4]`` x1 y1 x2 y2; scores ``[N]``; labels ``[N]`` int64
+    (1..num_classes, index into ``Engine.classes`` minus one); mask_probs
+    ``[N, 1, M, M]``; embeddings ``[N, D]``; features per level ``[C, H_l, W_l]``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    labels: np.ndarray
+    mask_probs: np.ndarray
+    embeddings: np.ndarray
+    features: list[np.ndarray]
+    timing_ms: dict[str, float] = field(default_factory=dict)
+
+
+class EngineError(RuntimeError):
+    """The engine failed on a frame (the stream goes to FAULT, others go on)."""
+
+
+class Engine(ABC):
+    name: str = "engine"
+
+    @property
+    @abstractmethod
+    def input_size(self) -> tuple[int, int]:
+        """(height, width) of ``FrameInput.image``."""
+
+    @property
+    @abstractmethod
+    def classes(self) -> list[str]:
+        """Class names, label 1 first."""
+
+    @property
+    @abstractmethod
+    def support_frames(self) -> int:
+        """How many past frames the model wants in its cache (0: none)."""
+
+    @property
+    @abstractmethod
+    def cache_shapes(self) -> list[tuple[int, int, int]]:
+        """Per cache level, one frame's ``(C, H_l, W_l)``."""
+
+    @abstractmethod
+    def infer(self, batch: list[FrameInput]) -> list[FrameOutput]:
+        """Run every frame of ``batch``; raise ``EngineError`` on failure."""
+
+    def empty_cache(self) -> list[np.ndarray]:
+        return [np.zeros((0, *shape), dtype=np.float32) for shape in self.cache_shapes]
+
+    def close(self) -> None:
+        """Release the engine's resources."""
