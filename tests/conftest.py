@@ -8,3 +8,24 @@ from pathlib import Path
 # it is set here, before collection.
 if not Path("/dev/nvidia0").exists():
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def lite_temporal(tmp_path_factory):
+    """``(model, onnx_path)``: lite with Temporal RoI Align and random heads
+    (seed 0) in PyTorch, and the same network exported through the CLI to a
+    standard-mode ONNX file for vtest's 768x576 frames. Exporting takes about
+    a minute, so the test modules share this one file."""
+    from export.onnx import main, resolve_model
+
+    path = tmp_path_factory.mktemp("lite") / "lite.onnx"
+    with pytest.warns(UserWarning, match="no shipped weights"):
+        code = main(["--preset", "lite", "--mode", "standard", "--out", str(path), "--frame-size", "768x576",
+                     "--set", "roi_extractor=temporal"])
+    assert code == 0, "python -m export.onnx failed"
+    with pytest.warns(UserWarning, match="no shipped weights"):
+        model, _ = resolve_model("lite", None, {"roi_extractor": "temporal"})
+    return model.eval(), path

@@ -23,24 +23,16 @@ FRAME_SIZE = (576, 768)  # vtest's height, width
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_model("lite", roi_extractor="temporal").eval()
+def model(lite_temporal):
+    return lite_temporal[0]
 
 
 @pytest.fixture(scope="module")
-def exported(model, tmp_path_factory):
-    """Both modes of the same network; standard through the CLI (with its own ORT check)."""
-    folder = tmp_path_factory.mktemp("onnx")
-    standard = folder / "lite_standard.onnx"
-    # The CLI builds its own random network (seed 0), identical to the fixture's.
-    with pytest.warns(UserWarning, match="no shipped weights"):
-        code = main(
-            ["--preset", "lite", "--mode", "standard", "--out", str(standard), "--frame-size", "768x576",
-             "--set", "roi_extractor=temporal"]
-        )
-    assert code == 0
-    plugin = folder / "lite_plugin.onnx"
+def exported(lite_temporal, tmp_path_factory):
+    """Both modes of the same network: standard from the shared CLI export
+    (whose own ONNX Runtime check ran), plugin exported here."""
+    model, standard = lite_temporal
+    plugin = tmp_path_factory.mktemp("onnx") / "lite_plugin.onnx"
     export_onnx(model, plugin, "plugin", FRAME_SIZE)
     return {"standard": standard, "plugin": plugin}
 

@@ -16,8 +16,13 @@ def test_presets_lists_every_model_preset(capsys) -> None:
 
 
 def test_commands_not_built_yet_say_so_and_fail(capsys) -> None:
-    assert main(["serve"]) == 2
+    assert main(["demo"]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+def test_serve_with_a_missing_model_file_names_it(capsys, tmp_path) -> None:
+    assert main(["serve", "--model", str(tmp_path / "none.onnx")]) == 2
+    assert "none.onnx: no such model file" in capsys.readouterr().err
 
 
 def test_start_up_does_not_import_torch() -> None:

@@ -1,0 +1,272 @@
+"""The FastAPI application: ``create_app(settings, engine=None)``.
+
+Routes (all JSON carries ``"safety_rated": false`` where it reports results):
+
+* streams: ``POST/GET /v1/streams``, ``GET/DELETE /v1/streams/{id}``,
+  ``GET /v1/streams/{id}/tracks``, ``POST /v1/streams/{id}/reset``,
+  ``GET /v1/streams/{id}/latest[?overlay=png]``,
+  WebSocket ``/v1/streams/{id}/ingest`` (push; framing in ``service.framing``);
+* single frame: ``POST /v1/infer[?overlay=png]`` (stateless);
+* operations: ``/healthz``, ``/readyz``, ``/metrics``.
+
+The engine is created (unless one is passed in) and warmed up in the
+lifespan, before streams from the configuration start; ``/readyz`` answers
+503 until then.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from contextlib import asynccontextmanager
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+
+from .config import Settings
+from .engines.base import Engine, FrameInput
+from .engines.batching import BatchingEngine
+from .framing import decode_frame
+from .metrics import ServiceMetrics
+from .results import ImageError, decode_image, frame_result, overlay_png
+from .streams import PUSH, StreamError, StreamManager
+
+log = logging.getLogger("cellwatch.app")
+
+IMAGE_TYPES = ("image/jpeg", "image/png", "application/octet-stream")
+WS_UNKNOWN_STREAM = 4404
+WS_NOT_PUSH = 4409
+WS_UNSUPPORTED = 1003
+WS_TOO_BIG = 1009
+
+
+class StreamCreate(BaseModel):
+    id: str = Field(..., description="1-64 letters, digits, '_', '.', '-'")
+    source: str = Field(PUSH, description="'push', rtsp://..., http(s)://... (MJPEG) or a file path")
+    options: dict[str, Any] = Field(default_factory=dict, description="source options, e.g. loop, fps")
+
+
+def _engine_from_settings(settings: Settings) -> Engine:
+    from .engines import create_engine
+
+    model = settings.model
+    if not model.path:
+        raise RuntimeError("no model configured: set model.path (or pass --model)")
+    options: dict[str, Any] = {}
+    if model.engine == "torch":
+        from export.spec import parse_size
+
+        options["frame_size"] = parse_size(model.frame_size)
+    if model.engine == "tensorrt" and model.sidecar:
+        options["sidecar"] = model.sidecar
+    return create_engine(model.engine, model.path, threads=model.threads, **options)
+
+
+def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
+    metrics = ServiceMetrics()
+    state: dict[str, Any] = {"ready": False, "engine": engine, "manager": None, "batching": None}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        nonlocal engine
+        if engine is None:
+            engine = await asyncio.to_thread(_engine_from_settings, settings)
+        batching = BatchingEngine(
+            engine, settings.batching.max_batch, settings.batching.max_wait_ms, on_batch=metrics.batch
+        )
+        # Warm-up: the first run allocates and plans; do it before declaring ready.
+        height, width = engine.input_size
+        await batching.infer(FrameInput(np.zeros((3, height, width), np.float32), engine.empty_cache()))
+        manager = StreamManager(engine, batching, settings.pipeline, settings.limits, metrics)
+        state.update(engine=engine, batching=batching, manager=manager)
+        for stream in settings.streams:
+            await manager.add(stream.id, stream.source, stream.options)
+        state["ready"] = True
+        log.info("ready", extra={"engine": engine.name, "streams": len(settings.streams)})
+        try:
+            yield
+        finally:
+            state["ready"] = False
+            await manager.close()
+            batching.close()
+            engine.close()
+            log.info("stopped")
+
+    app = FastAPI(
+        title="cellwatch",
+        version="0.1.0",
+        description="Advisory person segmentation, tracking and proximity alerts for robot cells. "
+        "NOT a safety function: every result carries safety_rated=false.",
+        lifespan=lifespan,
+    )
+    app.state.cellwatch = state
+    app.state.metrics = metrics
+
+    def manager() -> StreamManager:
+        if state["manager"] is None:
+            raise HTTPException(503, "the service is starting")
+        return state["manager"]
+
+    @app.exception_handler(StreamError)
+    async def _stream_error(_: Request, exc: StreamError) -> JSONResponse:
+        return JSONResponse({"detail": str(exc)}, status_code=exc.status)
+
+    # ---------------------------------------------------------- operations
+    @app.get("/healthz")
+    async def healthz() -> dict[str, str]:
+        return {"status": "alive"}
+
+    @app.get("/readyz")
+    async def readyz() -> JSONResponse:
+        if not state["ready"]:
+            return JSONResponse({"status": "starting"}, status_code=503)
+        return JSONResponse({"status": "ready", "engine": state["engine"].name})
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    # ------------------------------------------------------------- streams
+    @app.post("/v1/streams", status_code=201)
+    async def create_stream(body: StreamCreate) -> dict[str, Any]:
+        pipeline = await manager().add(body.id, body.source, body.options)
+        return pipeline.status()
+
+    @app.get("/v1/streams")
+    async def list_streams() -> dict[str, Any]:
+        return {"streams": [p.status() for p in manager().pipelines.values()], "safety_rated": False}
+
+    @app.get("/v1/streams/{stream_id}")
+    async def stream_status(stream_id: str) -> dict[str, Any]:
+        return manager().get(stream_id).status()
+
+    @app.delete("/v1/streams/{stream_id}", status_code=204)
+    async def delete_stream(stream_id: str) -> Response:
+        await manager().remove(stream_id)
+        return Response(status_code=204)
+
+    @app.get("/v1/streams/{stream_id}/tracks")
+    async def stream_tracks(stream_id: str) -> dict[str, Any]:
+        return {"stream_id": stream_id, "tracks": manager().get(stream_id).tracks(), "safety_rated": False}
+
+    @app.post("/v1/streams/{stream_id}/reset")
+    async def reset_stream(stream_id: str) -> dict[str, Any]:
+        pipeline = manager().get(stream_id)
+        pipeline.reset("requested")
+        return pipeline.status()
+
+    @app.get("/v1/streams/{stream_id}/latest", response_model=None)
+    async def latest(stream_id: str, overlay: str | None = None) -> Any:
+        pipeline = manager().get(stream_id)
+        if pipeline.latest is None:
+            raise HTTPException(404, f"stream {stream_id!r} has no processed frame yet")
+        if overlay is None:
+            return pipeline.latest
+        if overlay != "png":
+            raise HTTPException(422, f"overlay must be 'png', got {overlay!r}")
+        png = await asyncio.to_thread(overlay_png, pipeline.latest_image, pipeline.latest)
+        return Response(png, media_type="image/png")
+
+    @app.websocket("/v1/streams/{stream_id}/ingest")
+    async def ingest(websocket: WebSocket, stream_id: str) -> None:
+        await websocket.accept()
+        pipeline = state["manager"].pipelines.get(stream_id) if state["manager"] else None
+        if pipeline is None:
+            await websocket.send_json({"error": f"unknown stream {stream_id!r}"})
+            await websocket.close(WS_UNKNOWN_STREAM, "unknown stream")
+            return
+        if pipeline.source != PUSH:
+            await websocket.send_json({"error": f"stream {stream_id!r} pulls from {pipeline.source}; it takes no pushed frames"})
+            await websocket.close(WS_NOT_PUSH, "not a push stream")
+            return
+        limits = settings.limits
+        try:
+            while True:
+                message = await websocket.receive()
+                if message["type"] == "websocket.disconnect":
+                    return
+                data = message.get("bytes")
+                if data is None:
+                    await websocket.send_json({"error": "frames are binary messages: 8-byte capture time + JPEG/PNG"})
+                    await websocket.close(WS_UNSUPPORTED, "binary frames only")
+                    return
+                if len(data) > limits.max_frame_bytes + 8:
+                    metrics.rejected(stream_id)
+                    await websocket.send_json({"error": f"frame of {len(data)} bytes exceeds {limits.max_frame_bytes}"})
+                    await websocket.close(WS_TOO_BIG, "frame too large")
+                    return
+                started = time.perf_counter()
+                try:
+                    capture_ts, payload = decode_frame(data)
+                    image = await asyncio.to_thread(
+                        decode_image, payload, limits.max_frame_bytes, limits.max_pixels, limits.max_side
+                    )
+                except (ValueError, ImageError) as exc:
+                    metrics.rejected(stream_id)
+                    await websocket.send_json({"error": str(exc)})
+                    continue
+                if stream_id not in state["manager"].pipelines:
+                    await websocket.close(WS_UNKNOWN_STREAM, "stream deleted")
+                    return
+                pipeline.offer(image, capture_ts, (time.perf_counter() - started) * 1000.0)
+        except WebSocketDisconnect:
+            return
+
+    # -------------------------------------------------------- single frame
+    @app.post("/v1/infer", response_model=None)
+    async def infer(request: Request, overlay: str | None = None) -> Any:
+        if overlay not in (None, "png"):
+            raise HTTPException(422, f"overlay must be 'png', got {overlay!r}")
+        limits = settings.limits
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limits.max_frame_bytes + 65536:
+            raise HTTPException(413, f"body of {declared} bytes exceeds limits.max_frame_bytes={limits.max_frame_bytes}")
+        content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if content_type.startswith("multipart/form-data"):
+            form = await request.form()
+            uploads = [v for v in form.values() if hasattr(v, "read")]
+            if len(uploads) != 1:
+                raise HTTPException(400, f"multipart body must hold exactly one file, got {len(uploads)}")
+            data = await uploads[0].read()
+        elif content_type in IMAGE_TYPES:
+            data = await request.body()
+        else:
+            raise HTTPException(
+                415, f"unsupported content type {content_type or '(none)'!r}; send image/jpeg, image/png or multipart"
+            )
+        started = time.perf_counter()
+        try:
+            image = await asyncio.to_thread(
+                decode_image, data, limits.max_frame_bytes, limits.max_pixels, limits.max_side
+            )
+        except ImageError as exc:
+            status = 413 if "exceeds" in str(exc) or "too large" in str(exc) else 400
+            raise HTTPException(status, str(exc)) from exc
+        decoded = time.perf_counter()
+        eng: Engine = state["engine"]
+        if eng is None or state["batching"] is None:
+            raise HTTPException(503, "the service is starting")
+        from export.ort_runtime import prepare_frame
+
+        item = FrameInput(await asyncio.to_thread(prepare_frame, image, eng.input_size), eng.empty_cache())
+        output = await state["batching"].infer(item)
+        inferred = time.perf_counter()
+        result = await asyncio.to_thread(
+            frame_result, output, None, eng.classes, image.shape[:2], eng.input_size,
+            score_thresh=settings.pipeline.score_thresh,
+        )
+        result["timing"] = {
+            "decode_ms": round((decoded - started) * 1000.0, 2),
+            "inference_ms": round((inferred - decoded) * 1000.0, 2),
+            "total_ms": round((time.perf_counter() - started) * 1000.0, 2),
+        }
+        result["safety_rated"] = False
+        if overlay == "png":
+            return Response(await asyncio.to_thread(overlay_png, image, result), media_type="image/png")
+        return result
+
+    return app

@@ -1,0 +1,153 @@
+"""Service settings: a YAML file, overridden by ``CELLWATCH_*`` environment
+variables, overridden by command-line flags.
+
+The file's shape (``deploy/cell.example.yaml``)::
+
+    server: {host: 127.0.0.1, port: 8080}
+    model: {engine: onnxruntime, path: model.onnx, threads: 2}
+    limits: {max_frame_bytes: 4000000, max_pixels: 16000000, max_side: 8192, max_streams: 16}
+    batching: {max_batch: 4, max_wait_ms: 5}
+    pipeline: {score_thresh: 0.5, max_track_age: 30}
+    streams:
+      - {id: cam1, source: push}
+      - {id: door, source: "rtsp://192.0.2.10:554/stream1", options: {reconnect_max_s: 10}}
+
+Environment variables use ``__`` between levels, e.g.
+``CELLWATCH_MODEL__PATH=/opt/model.onnx`` or ``CELLWATCH_LIMITS__MAX_STREAMS=4``.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ConfigError(ValueError):
+    """A configuration problem, with the file and the field it is in."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ServerSettings(_Strict):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+
+class ModelSettings(_Strict):
+    engine: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    path: str | None = None
+    threads: int | None = Field(None, ge=1)
+    # torch engine only: the camera frame size the working size is derived from
+    frame_size: str = "640x360"
+    # tensorrt engine only: the sidecar JSON of the ONNX file the engine came from
+    sidecar: str | None = None
+
+
+class LimitSettings(_Strict):
+    max_frame_bytes: int = Field(4_000_000, ge=1)
+    max_pixels: int = Field(16_000_000, ge=1)
+    max_side: int = Field(8192, ge=1)
+    max_streams: int = Field(16, ge=1)
+
+
+class BatchingSettings(_Strict):
+    max_batch: int = Field(4, ge=1)
+    max_wait_ms: float = Field(5.0, ge=0)
+
+
+class PipelineSettings(_Strict):
+    score_thresh: float = Field(0.5, gt=0, le=1)
+    max_track_age: int | None = Field(30, ge=0)
+    max_tracks: int | None = Field(64, ge=1)
+    latency_window: int = Field(1000, ge=10)
+
+
+class StreamConfig(_Strict):
+    id: str
+    source: str = "push"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _valid_id(cls, value: str) -> str:
+        if not STREAM_ID.match(value):
+            raise ValueError("stream ids are 1-64 characters of letters, digits, '_', '.', '-', starting alphanumeric")
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CELLWATCH_", env_nested_delimiter="__", extra="forbid")
+
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    limits: LimitSettings = Field(default_factory=LimitSettings)
+    batching: BatchingSettings = Field(default_factory=BatchingSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    streams: list[StreamConfig] = Field(default_factory=list)
+
+
+class _Mapping(PydanticBaseSettingsSource):
+    """Settings from an already-parsed mapping (the YAML file)."""
+
+    def __init__(self, settings_cls: type[BaseSettings], values: dict[str, Any]) -> None:
+        super().__init__(settings_cls)
+        self.values = values
+
+    def get_field_value(self, field, field_name):  # pragma: no cover - required by the base class
+        return self.values.get(field_name), field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return dict(self.values)
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping (server, model, limits, ...)")
+    return values
+
+
+def load_settings(path: str | Path | None = None, **overrides: Any) -> Settings:
+    """File < environment < ``overrides`` (nested dicts, e.g. ``server={"port": 9000}``)."""
+    values = read_yaml(path) if path is not None else {}
+
+    class _FromFile(Settings):
+        @classmethod
+        def settings_customise_sources(
+            cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+        ):
+            return (init_settings, env_settings, _Mapping(settings_cls, values))
+
+    try:
+        settings = _FromFile(**overrides)
+    except ValidationError as exc:
+        where = f"{path}: " if path is not None else ""
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top level)'}: {err['msg']}" for err in exc.errors()
+        )
+        raise ConfigError(f"{where}invalid configuration: {problems}") from exc
+    ids = [s.id for s in settings.streams]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise ConfigError(f"{path or 'config'}: duplicate stream id(s) {duplicates}")
+    if len(ids) > settings.limits.max_streams:
+        raise ConfigError(f"{path or 'config'}: {len(ids)} streams exceed limits.max_streams={settings.limits.max_streams}")
+    return Settings.model_validate(settings.model_dump())
