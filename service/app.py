@@ -70,30 +70,52 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     state: dict[str, Any] = {"ready": False, "engine": engine, "manager": None, "batching": None}
 
+    async def start() -> None:
+        """Load and warm up the engine, then start the configured streams."""
+        nonlocal engine
+        try:
+            if engine is None:
+                engine = await asyncio.to_thread(_engine_from_settings, settings)
+            state["engine"] = engine
+            batching = BatchingEngine(
+                engine, settings.batching.max_batch, settings.batching.max_wait_ms, on_batch=metrics.batch
+            )
+            state["batching"] = batching
+            # The first run allocates and plans; do it before declaring ready.
+            height, width = engine.input_size
+            await batching.infer(FrameInput(np.zeros((3, height, width), np.float32), engine.empty_cache()))
+            manager = StreamManager(engine, batching, settings.pipeline, settings.limits, metrics)
+            for stream in settings.streams:
+                await manager.add(stream.id, stream.source, stream.options)
+            state["manager"] = manager
+            state["ready"] = True
+            log.info("ready", extra={"engine": engine.name, "streams": len(settings.streams)})
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # reported by /readyz and the log; the process stays up for inspection
+            state["failed"] = f"{type(exc).__name__}: {exc}"
+            log.error("start-up failed", extra={"error": state["failed"]})
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        nonlocal engine
-        if engine is None:
-            engine = await asyncio.to_thread(_engine_from_settings, settings)
-        batching = BatchingEngine(
-            engine, settings.batching.max_batch, settings.batching.max_wait_ms, on_batch=metrics.batch
-        )
-        # Warm-up: the first run allocates and plans; do it before declaring ready.
-        height, width = engine.input_size
-        await batching.infer(FrameInput(np.zeros((3, height, width), np.float32), engine.empty_cache()))
-        manager = StreamManager(engine, batching, settings.pipeline, settings.limits, metrics)
-        state.update(engine=engine, batching=batching, manager=manager)
-        for stream in settings.streams:
-            await manager.add(stream.id, stream.source, stream.options)
-        state["ready"] = True
-        log.info("ready", extra={"engine": engine.name, "streams": len(settings.streams)})
+        # Start-up runs in the background so /healthz answers at once and
+        # /readyz says 503 until the model is loaded and warm.
+        starting = asyncio.create_task(start(), name="start-up")
         try:
             yield
         finally:
             state["ready"] = False
-            await manager.close()
-            batching.close()
-            engine.close()
+            starting.cancel()
+            try:
+                await starting
+            except asyncio.CancelledError:
+                pass
+            if state["manager"] is not None:
+                await state["manager"].close()
+            if state["batching"] is not None:
+                state["batching"].close()
+            if state["engine"] is not None:
+                state["engine"].close()
             log.info("stopped")
 
     app = FastAPI(
@@ -122,6 +144,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
+        if state.get("failed"):
+            return JSONResponse({"status": "failed", "error": state["failed"]}, status_code=503)
         if not state["ready"]:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "engine": state["engine"].name})
@@ -248,7 +272,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             raise HTTPException(status, str(exc)) from exc
         decoded = time.perf_counter()
         eng: Engine = state["engine"]
-        if eng is None or state["batching"] is None:
+        if not state["ready"]:
             raise HTTPException(503, "the service is starting")
         from export.ort_runtime import prepare_frame
 

@@ -10,7 +10,8 @@ import uvicorn
 
 
 class LiveServer:
-    def __init__(self, app, ws_max_size: int = 16 * 2**20) -> None:
+    def __init__(self, app, ws_max_size: int = 16 * 2**20, wait_ready: bool = True) -> None:
+        self.wait_ready = wait_ready
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=ws_max_size,
                                 lifespan="on")
         self.server = uvicorn.Server(config)
@@ -29,6 +30,8 @@ class LiveServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.ws_url = f"ws://127.0.0.1:{self.port}"
         self.client = httpx.Client(base_url=self.url, timeout=30)
+        if self.wait_ready:
+            self.wait_for(lambda: self.client.get("/readyz").status_code == 200, timeout=60, what="/readyz")
         return self
 
     def __exit__(self, *exc) -> None:

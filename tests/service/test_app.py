@@ -255,3 +255,75 @@ def test_stream_limit_is_enforced():
         refused = live.client.post("/v1/streams", json={"id": "b"})
         assert refused.status_code == 409 and "max_streams=1" in refused.json()["detail"]
         assert [s["id"] for s in live.client.get("/v1/streams").json()["streams"]] == ["a"]
+
+
+class _FailsOnRedFrames(HogEngine):
+    """Raises for pure red frames, as a broken model would on some input."""
+
+    def infer(self, batch):
+        from service.engines.base import EngineError
+
+        if any(float(item.image[0].mean()) > 0.9 and float(item.image[1:].mean()) < 0.1 for item in batch):
+            raise EngineError("model failed on this frame")
+        return super().infer(batch)
+
+
+def test_one_streams_engine_failure_leaves_the_other_streams_running(jpegs):
+    settings = load_settings(None, batching={"max_batch": 1})
+    with LiveServer(create_app(settings, engine=_FailsOnRedFrames())) as live:
+        for stream in ("broken", "fine"):
+            assert live.client.post("/v1/streams", json={"id": stream}).status_code == 201
+        dark = _jpeg(np.dstack([np.zeros((576, 768), np.uint8)] * 2 + [np.full((576, 768), 255, np.uint8)]))
+        with connect(f"{live.ws_url}/v1/streams/broken/ingest") as ws:
+            ws.send(encode_frame(time.time(), dark))
+        live.wait_for(lambda: live.client.get("/v1/streams/broken").json()["state"] == "fault", what="fault")
+        broken = live.client.get("/v1/streams/broken").json()
+        assert broken["frames"]["errors"] == 1 and "model failed" in broken["last_error"]
+        results = _push_and_wait(live, "fine", jpegs[:3], time.time())
+        assert all(r["persons"] for r in results)
+        assert live.client.get("/v1/streams/fine").json()["state"] == "online"
+        # the broken stream recovers once its frames can be processed again
+        _push_and_wait(live, "broken", jpegs[:1], time.time())
+        assert live.client.get("/v1/streams/broken").json()["state"] == "online"
+
+
+def test_frame_size_limits_are_configurable(jpegs):
+    settings = load_settings(None, limits={"max_frame_bytes": 40_000, "max_side": 700})
+    with LiveServer(create_app(settings, engine=HogEngine())) as live:
+        big = live.client.post("/v1/infer", content=jpegs[0], headers={"content-type": "image/jpeg"})
+        assert big.status_code == 413 and "exceeds" in big.json()["detail"]
+        small = _jpeg(cv2.resize(cv2.imdecode(np.frombuffer(jpegs[0], np.uint8), cv2.IMREAD_COLOR), (320, 240)))
+        assert len(small) < 40_000 < len(jpegs[0])
+        assert live.client.post("/v1/infer", content=small, headers={"content-type": "image/jpeg"}).status_code == 200
+        wide = _jpeg(np.zeros((100, 800, 3), np.uint8))
+        assert live.client.post("/v1/infer", content=wide, headers={"content-type": "image/jpeg"}).status_code == 413
+        live.client.post("/v1/streams", json={"id": "cam"})
+        with connect(f"{live.ws_url}/v1/streams/cam/ingest") as ws:
+            ws.send(encode_frame(time.time(), jpegs[0]))
+            assert "exceeds" in json.loads(ws.recv(timeout=10))["error"]
+            with pytest.raises(Exception):
+                ws.recv(timeout=10)
+            assert ws.close_code == 1009
+        assert live.client.get("/v1/streams/cam").json()["frames"]["received"] == 0
+
+
+def test_readyz_is_503_until_the_engine_is_warm():
+    import threading
+
+    gate = threading.Event()
+
+    class _SlowStart(HogEngine):
+        def infer(self, batch):
+            gate.wait(30)
+            return super().infer(batch)
+
+    with LiveServer(create_app(load_settings(None), engine=_SlowStart()), wait_ready=False) as live:
+        try:
+            assert live.client.get("/healthz").json() == {"status": "alive"}
+            starting = live.client.get("/readyz")
+            assert starting.status_code == 503 and starting.json()["status"] == "starting"
+            assert live.client.get("/v1/streams").status_code == 503
+        finally:
+            gate.set()
+        live.wait_for(lambda: live.client.get("/readyz").status_code == 200, what="ready after warm-up")
+        assert live.client.get("/v1/streams").status_code == 200
