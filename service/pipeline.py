@@ -232,8 +232,9 @@ class StreamPipeline:
             embeddings=output.embeddings[keep],
         )
         with self._lock:
-            for level, feature in zip(self._cache, output.features):
-                level.append(np.array(feature, dtype=np.float32, copy=True))
+            if self.engine.support_frames > 0:  # a model without Temporal RoI Align reads no cache
+                for level, feature in zip(self._cache, output.features):
+                    level.append(np.array(feature, dtype=np.float32, copy=True))
             ids = self.tracker.update(kept.embeddings, kept.boxes, kept.labels, kept.scores)
             self._frame_index += 1
             index = self._frame_index
