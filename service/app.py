@@ -23,10 +23,11 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import numpy as np
-from fastapi import FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
+from fastapi import Depends, FastAPI, HTTPException, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, Field
 
+from .auth import Authenticator, authorize_websocket, require
 from .config import Settings
 from .engines.base import Engine, FrameInput
 from .engines.batching import BatchingEngine
@@ -127,6 +128,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     )
     app.state.cellwatch = state
     app.state.metrics = metrics
+    app.state.auth = Authenticator(settings.auth)
+    read, manage = Depends(require("read")), Depends(require("manage"))
 
     def manager() -> StreamManager:
         if state["manager"] is None:
@@ -150,40 +153,40 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             return JSONResponse({"status": "starting"}, status_code=503)
         return JSONResponse({"status": "ready", "engine": state["engine"].name})
 
-    @app.get("/metrics")
+    @app.get("/metrics", dependencies=[read])
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type="text/plain; version=0.0.4")
 
     # ------------------------------------------------------------- streams
-    @app.post("/v1/streams", status_code=201)
+    @app.post("/v1/streams", status_code=201, dependencies=[manage])
     async def create_stream(body: StreamCreate) -> dict[str, Any]:
         pipeline = await manager().add(body.id, body.source, body.options)
         return pipeline.status()
 
-    @app.get("/v1/streams")
+    @app.get("/v1/streams", dependencies=[read])
     async def list_streams() -> dict[str, Any]:
         return {"streams": [p.status() for p in manager().pipelines.values()], "safety_rated": False}
 
-    @app.get("/v1/streams/{stream_id}")
+    @app.get("/v1/streams/{stream_id}", dependencies=[read])
     async def stream_status(stream_id: str) -> dict[str, Any]:
         return manager().get(stream_id).status()
 
-    @app.delete("/v1/streams/{stream_id}", status_code=204)
+    @app.delete("/v1/streams/{stream_id}", status_code=204, dependencies=[manage])
     async def delete_stream(stream_id: str) -> Response:
         await manager().remove(stream_id)
         return Response(status_code=204)
 
-    @app.get("/v1/streams/{stream_id}/tracks")
+    @app.get("/v1/streams/{stream_id}/tracks", dependencies=[read])
     async def stream_tracks(stream_id: str) -> dict[str, Any]:
         return {"stream_id": stream_id, "tracks": manager().get(stream_id).tracks(), "safety_rated": False}
 
-    @app.post("/v1/streams/{stream_id}/reset")
+    @app.post("/v1/streams/{stream_id}/reset", dependencies=[manage])
     async def reset_stream(stream_id: str) -> dict[str, Any]:
         pipeline = manager().get(stream_id)
         pipeline.reset("requested")
         return pipeline.status()
 
-    @app.get("/v1/streams/{stream_id}/latest", response_model=None)
+    @app.get("/v1/streams/{stream_id}/latest", response_model=None, dependencies=[read])
     async def latest(stream_id: str, overlay: str | None = None) -> Any:
         pipeline = manager().get(stream_id)
         if pipeline.latest is None:
@@ -197,6 +200,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.websocket("/v1/streams/{stream_id}/ingest")
     async def ingest(websocket: WebSocket, stream_id: str) -> None:
+        if await authorize_websocket(websocket, "push", stream_id) is None:
+            return
         await websocket.accept()
         pipeline = state["manager"].pipelines.get(stream_id) if state["manager"] else None
         if pipeline is None:
@@ -241,7 +246,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             return
 
     # -------------------------------------------------------- single frame
-    @app.post("/v1/infer", response_model=None)
+    @app.post("/v1/infer", response_model=None, dependencies=[read])
     async def infer(request: Request, overlay: str | None = None) -> Any:
         if overlay not in (None, "png"):
             raise HTTPException(422, f"overlay must be 'png', got {overlay!r}")

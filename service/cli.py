@@ -48,12 +48,23 @@ def _serve(args: argparse.Namespace) -> int:
     if not Path(settings.model.path).is_file():
         print(f"cellwatch serve: {settings.model.path}: no such model file", file=sys.stderr)
         return 2
+    import logging
+
     import uvicorn
 
     from . import logs
     from .app import create_app
+    from .auth import Authenticator, check_bind
 
+    auth = Authenticator(settings.auth)
+    try:
+        check_bind(settings.server.host, auth.enabled)
+    except ValueError as exc:
+        print(f"cellwatch serve: {exc}", file=sys.stderr)
+        return 2
     logs.configure(settings.server.log_level)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(auth.redactor())  # tokens never reach the log
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.server.host, port=settings.server.port, log_config=None, ws_max_size=settings.limits.max_frame_bytes + 1024

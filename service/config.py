@@ -26,6 +26,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .auth import AuthSettings
+
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
@@ -94,6 +96,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     streams: list[StreamConfig] = Field(default_factory=list)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
 
 class _Mapping(PydanticBaseSettingsSource):
