@@ -31,6 +31,9 @@ from .auth import Authenticator, authorize_websocket, require
 from .config import Settings
 from .engines.base import Engine, FrameInput
 from .engines.batching import BatchingEngine
+from .events import EventBus, SubscriptionClosed
+from .separation import check_protective_distance, protective_separation_distance, reaction_time_s
+from .supervisor import SafetySupervisor, ZoneError
 from .framing import decode_frame
 from .metrics import ServiceMetrics
 from .results import ImageError, decode_image, frame_result, overlay_png
@@ -43,12 +46,14 @@ WS_UNKNOWN_STREAM = 4404
 WS_NOT_PUSH = 4409
 WS_UNSUPPORTED = 1003
 WS_TOO_BIG = 1009
+WS_TRY_AGAIN_LATER = 1013
 
 
 class StreamCreate(BaseModel):
     id: str = Field(..., description="1-64 letters, digits, '_', '.', '-'")
     source: str = Field(PUSH, description="'push', rtsp://..., http(s)://... (MJPEG) or a file path")
     options: dict[str, Any] = Field(default_factory=dict, description="source options, e.g. loop, fps")
+    zones: dict[str, Any] | None = Field(None, description="zone set (see PUT /v1/streams/{id}/zones)")
 
 
 def _engine_from_settings(settings: Settings) -> Engine:
@@ -70,6 +75,8 @@ def _engine_from_settings(settings: Settings) -> Engine:
 def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     metrics = ServiceMetrics()
     state: dict[str, Any] = {"ready": False, "engine": engine, "manager": None, "batching": None}
+    bus = EventBus(settings.events.history, settings.events.queue_size)
+    supervisor = SafetySupervisor(bus, settings.safety, settings.events.heartbeat_ms)
 
     async def start() -> None:
         """Load and warm up the engine, then start the configured streams."""
@@ -85,9 +92,10 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
             # The first run allocates and plans; do it before declaring ready.
             height, width = engine.input_size
             await batching.infer(FrameInput(np.zeros((3, height, width), np.float32), engine.empty_cache()))
-            manager = StreamManager(engine, batching, settings.pipeline, settings.limits, metrics)
+            manager = StreamManager(engine, batching, settings.pipeline, settings.limits, metrics, supervisor=supervisor)
             for stream in settings.streams:
-                await manager.add(stream.id, stream.source, stream.options)
+                await manager.add(stream.id, stream.source, stream.options, stream.zones)
+            supervisor.start()
             state["manager"] = manager
             state["ready"] = True
             log.info("ready", extra={"engine": engine.name, "streams": len(settings.streams)})
@@ -111,6 +119,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                 await starting
             except asyncio.CancelledError:
                 pass
+            await supervisor.stop()
             if state["manager"] is not None:
                 await state["manager"].close()
             if state["batching"] is not None:
@@ -127,6 +136,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.cellwatch = state
+    app.state.events = bus
+    app.state.supervisor = supervisor
     app.state.metrics = metrics
     app.state.auth = Authenticator(settings.auth)
     read, manage = Depends(require("read")), Depends(require("manage"))
@@ -160,16 +171,24 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
     # ------------------------------------------------------------- streams
     @app.post("/v1/streams", status_code=201, dependencies=[manage])
     async def create_stream(body: StreamCreate) -> dict[str, Any]:
-        pipeline = await manager().add(body.id, body.source, body.options)
-        return pipeline.status()
+        pipeline = await manager().add(body.id, body.source, body.options, body.zones)
+        return _status(pipeline)
 
     @app.get("/v1/streams", dependencies=[read])
     async def list_streams() -> dict[str, Any]:
-        return {"streams": [p.status() for p in manager().pipelines.values()], "safety_rated": False}
+        return {"streams": [_status(p) for p in manager().pipelines.values()], "safety_rated": False}
+
+    def _status(pipeline) -> dict[str, Any]:
+        status = pipeline.status()
+        watch = supervisor.watches.get(pipeline.stream_id)
+        if watch is not None:
+            status["safety"] = {**watch.safety.status(), "config_crc": watch.config_crc}
+            status["safety"]["state"] = str(status["safety"]["state"].value)
+        return status
 
     @app.get("/v1/streams/{stream_id}", dependencies=[read])
     async def stream_status(stream_id: str) -> dict[str, Any]:
-        return manager().get(stream_id).status()
+        return _status(manager().get(stream_id))
 
     @app.delete("/v1/streams/{stream_id}", status_code=204, dependencies=[manage])
     async def delete_stream(stream_id: str) -> Response:
@@ -182,9 +201,120 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
 
     @app.post("/v1/streams/{stream_id}/reset", dependencies=[manage])
     async def reset_stream(stream_id: str) -> dict[str, Any]:
+        """Forget tracks and cache, and release a latched PROTECTIVE_STOP (unless a
+        person is still in the protective zone or frames are not flowing)."""
         pipeline = manager().get(stream_id)
         pipeline.reset("requested")
-        return pipeline.status()
+        result = supervisor.reset(stream_id)
+        result["state"] = str(result["state"].value)
+        return {**_status(pipeline), "reset": result}
+
+    @app.get("/v1/streams/{stream_id}/zones", dependencies=[read])
+    async def get_zones(stream_id: str) -> dict[str, Any]:
+        manager().get(stream_id)
+        watch = supervisor.watches[stream_id]
+        return {"stream_id": stream_id, "zones": watch.zones.to_dict() if watch.zones else None,
+                "config_crc": watch.config_crc}
+
+    @app.put("/v1/streams/{stream_id}/zones", dependencies=[manage])
+    async def put_zones(stream_id: str, request: Request) -> dict[str, Any]:
+        manager().get(stream_id)
+        try:
+            spec = await request.json()
+        except ValueError as exc:
+            raise HTTPException(422, f"zones must be JSON: {exc}") from exc
+        try:
+            zones = supervisor.set_zones(stream_id, spec)
+        except ZoneError as exc:
+            raise HTTPException(422, str(exc)) from exc
+        return {"stream_id": stream_id, "zones": zones.to_dict(), "config_crc": zones.crc_hex}
+
+    @app.get("/v1/streams/{stream_id}/safety", dependencies=[read])
+    async def safety_figures(stream_id: str) -> dict[str, Any]:
+        """ISO/TS 15066 protective separation distance with this stream's measured p99 latency."""
+        pipeline = manager().get(stream_id)
+        sep = settings.separation
+        p99 = pipeline.latency.summary()["p99"]
+        t_r = reaction_time_s(sep.plc_and_robot_s, p99 or 0.0)
+        required = protective_separation_distance(sep.v_h_mm_s, sep.v_r_mm_s, t_r, sep.t_s_s, sep.s_s_mm,
+                                                  sep.c_mm, sep.z_d_mm, sep.z_r_mm)
+        body: dict[str, Any] = {
+            "stream_id": stream_id,
+            "measured_p99_ms": p99,
+            "reaction_time_s": t_r,
+            "protective_separation_mm": required.s_p_mm,
+            "formula": required.formula,
+            "inputs": sep.model_dump(),
+            "safety_rated": False,
+        }
+        warnings = []
+        if p99 is None:
+            warnings.append("no latency measured yet: T_r holds only the PLC and robot time")
+        if sep.protective_distance_mm is not None:
+            check = check_protective_distance(sep.protective_distance_mm, body["protective_separation_mm"])
+            body["check"] = check
+            if check["warning"]:
+                warnings.append(check["warning"])
+        body["warnings"] = warnings
+        return body
+
+    @app.get("/v1/streams/{stream_id}/events", dependencies=[read])
+    async def stream_events(stream_id: str, since: int | None = None, limit: int = 100, masks: int = 0) -> dict[str, Any]:
+        manager().get(stream_id)
+        if limit < 1 or limit > 10000:
+            raise HTTPException(422, "limit must be in 1..10000")
+        events, gap = bus.events_since(stream_id, since, limit, bool(masks))
+        return {"stream_id": stream_id, "events": events, "gap": gap, "last_seq": bus.last_seq(stream_id)}
+
+    @app.websocket("/v1/alerts")
+    async def alerts(websocket: WebSocket) -> None:
+        """Events of the chosen streams (all by default), replayed from ``since``."""
+        if await authorize_websocket(websocket, "read", None) is None:
+            return
+        await websocket.accept()
+        params = websocket.query_params
+        try:
+            since = int(params["since"]) if params.get("since") not in (None, "") else None
+            masks = params.get("masks", "0") in ("1", "true")
+        except ValueError:
+            await websocket.send_json({"error": "since must be an integer sequence number"})
+            await websocket.close(1008, "bad query")
+            return
+        streams = [s for s in params.get("streams", "").split(",") if s]
+        known = supervisor.watches
+        unknown = [s for s in streams if s not in known]
+        if unknown:
+            await websocket.send_json({"error": f"unknown stream(s) {unknown}"})
+            await websocket.close(WS_UNKNOWN_STREAM, "unknown stream")
+            return
+        subscription = bus.subscribe(streams or None, since, masks)
+
+        async def watch_client() -> None:
+            # The handler only sends; this notices a client that left, even
+            # when no event comes to fail a send (e.g. its streams were deleted).
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass
+            except Exception:  # noqa: BLE001 - any receive failure means the client is gone
+                pass
+            bus.unsubscribe(subscription)
+
+        watcher = asyncio.create_task(watch_client())
+        try:
+            while True:
+                try:
+                    event = await subscription.get()
+                except SubscriptionClosed:
+                    break
+                await websocket.send_json(event)
+        except (WebSocketDisconnect, RuntimeError) as exc:
+            log.info("alerts subscriber gone", extra={"error": f"{type(exc).__name__}: {exc}"})
+            return
+        finally:
+            watcher.cancel()
+            bus.unsubscribe(subscription)
+        if subscription.overflowed:
+            await websocket.close(WS_TRY_AGAIN_LATER, "subscriber too slow: its queue overflowed; reconnect with since")
 
     @app.get("/v1/streams/{stream_id}/latest", response_model=None, dependencies=[read])
     async def latest(stream_id: str, overlay: str | None = None) -> Any:
@@ -236,6 +366,7 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
                     )
                 except (ValueError, ImageError) as exc:
                     metrics.rejected(stream_id)
+                    supervisor.on_bad_frame(stream_id, str(exc))
                     await websocket.send_json({"error": str(exc)})
                     continue
                 if stream_id not in state["manager"].pipelines:

@@ -26,6 +26,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from .alerts import SafetyConfig
 from .auth import AuthSettings
 
 STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -74,10 +75,31 @@ class PipelineSettings(_Strict):
     latency_window: int = Field(1000, ge=10)
 
 
+class EventSettings(_Strict):
+    history: int = Field(1000, ge=1, description="events kept per stream for replay")
+    queue_size: int = Field(256, ge=1, description="events a subscriber may fall behind before it is closed")
+    heartbeat_ms: float = Field(250.0, gt=0)
+
+
+class SeparationSettings(_Strict):
+    """Inputs of the ISO/TS 15066 protective separation distance (mm, mm/s, s)."""
+
+    plc_and_robot_s: float = Field(0.1, ge=0, description="PLC + robot controller reaction time")
+    v_h_mm_s: float = Field(1600.0, ge=0, description="person approach speed")
+    v_r_mm_s: float = Field(1000.0, ge=0, description="robot speed towards the person")
+    t_s_s: float = Field(0.3, ge=0, description="robot stopping time")
+    s_s_mm: float = Field(200.0, ge=0, description="robot stopping distance")
+    c_mm: float = Field(0.0, ge=0, description="intrusion distance")
+    z_d_mm: float = Field(100.0, ge=0, description="position uncertainty of the person (this service)")
+    z_r_mm: float = Field(20.0, ge=0, description="position uncertainty of the robot")
+    protective_distance_mm: float | None = Field(None, ge=0, description="the configured protective distance")
+
+
 class StreamConfig(_Strict):
     id: str
     source: str = "push"
     options: dict[str, Any] = Field(default_factory=dict)
+    zones: dict[str, Any] | None = None
 
     @field_validator("id")
     @classmethod
@@ -97,6 +119,9 @@ class Settings(BaseSettings):
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     streams: list[StreamConfig] = Field(default_factory=list)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    safety: SafetyConfig = Field(default_factory=SafetyConfig)
+    events: EventSettings = Field(default_factory=EventSettings)
+    separation: SeparationSettings = Field(default_factory=SeparationSettings)
 
 
 class _Mapping(PydanticBaseSettingsSource):

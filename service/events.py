@@ -280,6 +280,12 @@ class EventBus:
         with self._lock:
             return len(self._subscriptions)
 
+    @property
+    def overflowed_count(self) -> int:
+        """Subscriptions that fell too far behind and wait to be closed."""
+        with self._lock:
+            return sum(1 for s in self._subscriptions if s.overflowed)
+
     def _since(self, stream_id: str, since: int,
                limit: int | None) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
         kept = self._events.get(stream_id)

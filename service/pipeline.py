@@ -81,6 +81,7 @@ class StreamPipeline:
         settings: PipelineSettings,
         on_result: Callable[[StreamPipeline, dict[str, Any]], None] | None = None,
         metrics: Any = None,
+        on_error: Callable[[StreamPipeline, str], None] | None = None,
     ) -> None:
         self.stream_id = stream_id
         self.source = source
@@ -88,6 +89,7 @@ class StreamPipeline:
         self.batching = batching
         self.settings = settings
         self.on_result = on_result
+        self.on_error = on_error
         self.metrics = metrics
         self.created_ts = time.time()
         self.received = 0
@@ -174,6 +176,8 @@ class StreamPipeline:
                 self._failed = True
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("frame failed", extra={"stream": self.stream_id, "error": self.last_error})
+                if self.on_error is not None:
+                    self.on_error(self, self.last_error)
 
     def _input(self, frame: Frame) -> FrameInput:
         image = prepare_frame(frame.image, self.engine.input_size)

@@ -40,6 +40,8 @@ class StreamManager:
         limits: LimitSettings,
         metrics: Any = None,
         on_result=None,
+        on_error=None,
+        supervisor: Any = None,
     ) -> None:
         self.engine = engine
         self.batching = batching
@@ -47,6 +49,8 @@ class StreamManager:
         self.limits = limits
         self.metrics = metrics
         self.on_result = on_result
+        self.on_error = on_error
+        self.supervisor = supervisor
         self.pipelines: dict[str, StreamPipeline] = {}
         self.sources: dict[str, PullSource] = {}
         self._lock = asyncio.Lock()
@@ -57,7 +61,9 @@ class StreamManager:
             raise StreamError(f"unknown stream {stream_id!r}", status=404)
         return pipeline
 
-    async def add(self, stream_id: str, source: str = PUSH, options: dict[str, Any] | None = None) -> StreamPipeline:
+    async def add(
+        self, stream_id: str, source: str = PUSH, options: dict[str, Any] | None = None, zones: dict | None = None
+    ) -> StreamPipeline:
         options = dict(options or {})
         if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id):
             raise StreamError(
@@ -78,9 +84,19 @@ class StreamManager:
                     raise StreamError(f"bad source {source!r}: {exc}") from exc
             elif options:
                 raise StreamError(f"push streams take no options, got {sorted(options)}")
+            if zones is not None:
+                from .supervisor import ZoneError, validate_zones
+
+                try:
+                    validate_zones(zones)
+                except ZoneError as exc:
+                    raise StreamError(f"zones: {exc}") from exc
             pipeline = StreamPipeline(
-                stream_id, source, self.engine, self.batching, self.pipeline_settings, self._result, self.metrics
+                stream_id, source, self.engine, self.batching, self.pipeline_settings, self._result, self.metrics,
+                self._error,
             )
+            if self.supervisor is not None:
+                self.supervisor.add(stream_id, zones)
             pipeline.start()
             self.pipelines[stream_id] = pipeline
             if spec is not None:
@@ -100,6 +116,8 @@ class StreamManager:
         if puller is not None:
             await asyncio.to_thread(puller.stop, 5.0)
         await pipeline.stop()
+        if self.supervisor is not None:
+            self.supervisor.remove(stream_id)
         if self.metrics is not None:
             self.metrics.forget(stream_id)
             self.metrics.streams.set(len(self.pipelines))
@@ -110,5 +128,13 @@ class StreamManager:
             await self.remove(stream_id)
 
     def _result(self, pipeline: StreamPipeline, result: dict[str, Any]) -> None:
+        if self.supervisor is not None:
+            self.supervisor.on_result(pipeline.stream_id, result)
         if self.on_result is not None:
             self.on_result(pipeline, result)
+
+    def _error(self, pipeline: StreamPipeline, reason: str) -> None:
+        if self.supervisor is not None:
+            self.supervisor.on_error(pipeline.stream_id, reason)
+        if self.on_error is not None:
+            self.on_error(pipeline, reason)

@@ -29,3 +29,16 @@ def lite_temporal(tmp_path_factory):
     with pytest.warns(UserWarning, match="no shipped weights"):
         model, _ = resolve_model("lite", None, {"roi_extractor": "temporal"})
     return model.eval(), path
+
+
+@pytest.fixture(scope="session")
+def lite_roialign_onnx(tmp_path_factory):
+    """lite without Temporal RoI Align (random heads, seed 0), exported for
+    768x576 frames: the fast model the service benchmarks' smoke runs share."""
+    from export.onnx import export_onnx, resolve_model
+
+    with pytest.warns(UserWarning, match="no shipped weights"):
+        model, _ = resolve_model("lite", None, {})
+    path = tmp_path_factory.mktemp("lite_roialign") / "lite.onnx"
+    export_onnx(model, path, "standard", (576, 768))
+    return path

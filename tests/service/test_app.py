@@ -73,13 +73,17 @@ def _processed(server, stream: str) -> int:
     return server.client.get(f"/v1/streams/{stream}").json()["frames"]["processed"]
 
 
-def _push_and_wait(server, stream: str, frames: list[bytes], start_ts: float) -> list[dict]:
-    """Push frames one by one, each after the previous one was processed; collect results."""
+def _push_and_wait(server, stream: str, frames: list[bytes], start_ts: float | None = None) -> list[dict]:
+    """Push frames one by one, each after the previous one was processed; collect results.
+
+    Each frame's capture time is when it is sent (``start_ts`` is kept for
+    callers and not used: a frame labelled earlier than it was sent would
+    look late to the safety deadline)."""
     results = []
     with connect(f"{server.ws_url}/v1/streams/{stream}/ingest") as ws:
         for i, data in enumerate(frames):
             before = _processed(server, stream)
-            ws.send(encode_frame(start_ts + i / 10.0, data))
+            ws.send(encode_frame(time.time(), data))
             server.wait_for(lambda: _processed(server, stream) > before, what=f"frame {i} processed")
             results.append(server.client.get(f"/v1/streams/{stream}/latest").json())
     return results
