@@ -31,7 +31,7 @@ from .auth import Authenticator, authorize_websocket, require
 from .config import Settings
 from .engines.base import Engine, FrameInput
 from .engines.batching import BatchingEngine
-from .events import EventBus, SubscriptionClosed
+from .events import Event, EventBus, SubscriptionClosed
 from .separation import check_protective_distance, protective_separation_distance, reaction_time_s
 from .supervisor import SafetySupervisor, ZoneError
 from .framing import decode_frame
@@ -47,6 +47,15 @@ WS_NOT_PUSH = 4409
 WS_UNSUPPORTED = 1003
 WS_TOO_BIG = 1009
 WS_TRY_AGAIN_LATER = 1013
+
+
+class EventsPage(BaseModel):
+    """A page of a stream's events (schema ``cellwatch.event/1``, also in service/schemas/event.schema.json)."""
+
+    stream_id: str
+    events: list[Event]
+    gap: Event | None = Field(None, description="when events after `since` are no longer kept")
+    last_seq: int
 
 
 class StreamCreate(BaseModel):
@@ -258,7 +267,8 @@ def create_app(settings: Settings, engine: Engine | None = None) -> FastAPI:
         body["warnings"] = warnings
         return body
 
-    @app.get("/v1/streams/{stream_id}/events", dependencies=[read])
+    @app.get("/v1/streams/{stream_id}/events", dependencies=[read], response_model=EventsPage,
+             response_model_by_alias=True)
     async def stream_events(stream_id: str, since: int | None = None, limit: int = 100, masks: int = 0) -> dict[str, Any]:
         manager().get(stream_id)
         if limit < 1 or limit > 10000:

@@ -33,7 +33,13 @@ HTTP_ROUTES = [
     ("POST", "/v1/streams/cam1/reset", "manage"),
     ("POST", "/v1/streams", "manage"),
     ("DELETE", "/v1/streams/temp", "manage"),
+    ("GET", "/v1/streams/cam1/zones", "read"),
+    ("PUT", "/v1/streams/cam1/zones", "manage"),
+    ("GET", "/v1/streams/cam1/safety", "read"),
+    ("GET", "/v1/streams/cam1/events", "read"),
+    ("GET", "/v1/streams/cam1/latest", "read"),
 ]
+ZONES = {"units": "pixels", "hazard": [[600, 300], [760, 300], [760, 570], [600, 570]]}
 ALLOWED = {"camera": set(), "viewer": {"read"}, "admin": {"read", "manage"}}
 
 
@@ -63,6 +69,8 @@ def _request(server, method, path, role):
         return server.client.request(method, path, headers=headers, content=b"not an image")
     if method == "POST" and path == "/v1/streams":
         return server.client.post(path, headers=headers, json={"id": f"new-{role}"})
+    if method == "PUT":
+        return server.client.put(path, headers=headers, json=ZONES)
     if method == "DELETE":
         server.client.post("/v1/streams", json={"id": "temp"}, headers=_headers("admin"))
     return server.client.request(method, path, headers=headers)
@@ -116,6 +124,19 @@ def _push(server, stream, role):
 )
 def test_push_role_matrix(server, role, stream, expected):
     assert _push(server, stream, role) == expected
+
+
+@pytest.mark.parametrize("role, expected", [(None, 4401), ("camera", 4403), ("viewer", OK), ("admin", OK)])
+def test_alerts_role_matrix(server, role, expected):
+    with connect(f"{server.ws_url}/v1/alerts?streams=cam1&since=0", additional_headers=_headers(role)) as ws:
+        first = json.loads(ws.recv(timeout=10))
+        if expected == OK:
+            assert first["schema"] == "cellwatch.event/1" and first["stream_id"] == "cam1"
+            return
+        assert "error" in first
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+        assert ws.close_code == expected
 
 
 def test_binding_beyond_loopback_without_tokens_is_refused(tmp_path):

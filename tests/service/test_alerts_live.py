@@ -241,6 +241,7 @@ def test_a_reconnecting_subscriber_gets_exactly_what_it_missed(frames):
         seen = first.of("cam")[-1]["seq"]
         _push_and_wait(live, "cam", frames["in"][:4], time.time())
         everything = live.client.get("/v1/streams/cam/events", params={"since": 0, "limit": 1000}).json()["events"]
+        assert all(e["schema"] == "cellwatch.event/1" and e["safety_rated"] is False for e in everything)
         missed = [e for e in everything if e["seq"] > seen]
         assert missed
         again = Collector(live.ws_url, f"?streams=cam&since={seen}")
