@@ -43,8 +43,11 @@ compose-client:
 test: $(STAMP) samples compose-client
 	$(BIN)/python -m pytest
 
-bench: $(STAMP)
+bench: $(STAMP) samples
 	$(BIN)/python bench/troi_align.py
+	$(BIN)/python bench/export.py
+	$(BIN)/python bench/service.py
+	$(BIN)/python bench/alerts.py
 
 demo:
 	@echo "make demo: not available yet: the shipped person model and the service demo are not built yet."
