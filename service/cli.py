@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--config", help="YAML config file (see deploy/cell.example.yaml)")
     serve.add_argument("--host")
     serve.add_argument("--port", type=int)
-    serve.add_argument("--model", help="model file: .onnx (onnxruntime), .pt (torch) or .engine (tensorrt)")
+    serve.add_argument("--model", "--weights", dest="model",
+                       help="model file: .onnx (onnxruntime), .pt (torch) or .engine (tensorrt)")
     serve.add_argument("--engine", choices=["onnxruntime", "torch", "tensorrt"])
     serve.add_argument("--threads", type=int, help="inference threads")
     serve.set_defaults(run=_serve)
