@@ -39,7 +39,8 @@ class Collector:
     def __init__(self, url: str, query: str = "") -> None:
         self.events: list[dict] = []
         self.close_code = None
-        self.ws = connect(f"{url}/v1/alerts{query}")
+        self._context = connect(f"{url}/v1/alerts{query}")
+        self.ws = self._context.__enter__()
         self.thread = threading.Thread(target=self._read, daemon=True)
         self.thread.start()
 
@@ -51,7 +52,7 @@ class Collector:
             self.close_code = self.ws.close_code
 
     def close(self) -> None:
-        self.ws.close()
+        self._context.__exit__(None, None, None)
         self.thread.join(10)
 
     def of(self, stream: str, kind: str | None = None) -> list[dict]:
