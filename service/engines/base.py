@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from export.spec import Sidecar
+
 
 @dataclass
 class FrameInput:
@@ -78,3 +80,41 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the engine's resources."""
+
+
+class SidecarEngine(Engine):
+    """An engine over an exported file described by its sidecar (``export.spec``):
+    sizes, classes and cache layout come from there, and a batch runs frame
+    by frame because the exported graph takes one frame. Subclasses set
+    ``sidecar`` and implement ``_run``."""
+
+    sidecar: Sidecar
+    _closed: bool = False
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.sidecar.input_height, self.sidecar.input_width
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.sidecar.classes)
+
+    @property
+    def support_frames(self) -> int:
+        return int(self.sidecar.support_frames)
+
+    @property
+    def cache_shapes(self) -> list[tuple[int, int, int]]:
+        return [tuple(int(d) for d in shape) for shape in self.sidecar.cache_shapes]
+
+    def infer(self, batch: list[FrameInput]) -> list[FrameOutput]:
+        return [self._infer_one(item) for item in batch]
+
+    def _infer_one(self, item: FrameInput) -> FrameOutput:
+        if self._closed:
+            raise EngineError(f"{self.name} engine is closed")
+        return self._run(item)
+
+    @abstractmethod
+    def _run(self, item: FrameInput) -> FrameOutput:
+        """One frame; raise ``EngineError`` on failure."""

@@ -13,7 +13,7 @@ import numpy as np
 
 from export.spec import CACHE_LEVELS
 
-from .base import Engine, EngineError, FrameInput, FrameOutput
+from .base import EngineError, FrameInput, FrameOutput, SidecarEngine
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -38,7 +38,7 @@ def choose_providers(requested: str | list[str] | None, available: list[str]) ->
     return list(requested)
 
 
-class OnnxRuntimeEngine(Engine):
+class OnnxRuntimeEngine(SidecarEngine):
     name = "onnxruntime"
 
     def __init__(
@@ -51,31 +51,9 @@ class OnnxRuntimeEngine(Engine):
         self.providers = choose_providers(providers, ort.get_available_providers())
         self.model = OnnxFrameModel(path, threads=threads, providers=self.providers)
         self.sidecar = self.model.sidecar
-        self._cache_shapes = [tuple(int(d) for d in shape) for shape in self.sidecar.cache_shapes]
         self._closed = False
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.model.input_size
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.sidecar.classes)
-
-    @property
-    def support_frames(self) -> int:
-        return int(self.sidecar.support_frames)
-
-    @property
-    def cache_shapes(self) -> list[tuple[int, int, int]]:
-        return list(self._cache_shapes)
-
-    def infer(self, batch: list[FrameInput]) -> list[FrameOutput]:
-        return [self._infer_one(item) for item in batch]
-
-    def _infer_one(self, item: FrameInput) -> FrameOutput:
-        if self._closed:
-            raise EngineError("onnxruntime engine is closed")
+    def _run(self, item: FrameInput) -> FrameOutput:
         started = time.perf_counter()
         try:
             out = self.model.infer(item.image, item.cache)

@@ -17,10 +17,10 @@ import numpy as np
 from export.spec import CACHE_LEVELS, INPUT_NAMES, OUTPUT_NAMES, read_sidecar, sidecar_path
 from export.trt_runner import TensorRTEngine as TrtRunner
 
-from .base import Engine, EngineError, FrameInput, FrameOutput
+from .base import EngineError, FrameInput, FrameOutput, SidecarEngine
 
 
-class TensorRTEngine(Engine):
+class TensorRTEngine(SidecarEngine):
     name = "tensorrt"
 
     def __init__(
@@ -57,36 +57,14 @@ class TensorRTEngine(Engine):
                 f"expected inputs {list(INPUT_NAMES)} and outputs {list(OUTPUT_NAMES)}"
             )
         self.path = path
-        self._cache_shapes = [tuple(int(d) for d in shape) for shape in self.sidecar.cache_shapes]
         self._closed = False
 
-    @property
-    def input_size(self) -> tuple[int, int]:
-        return self.sidecar.input_height, self.sidecar.input_width
-
-    @property
-    def classes(self) -> list[str]:
-        return list(self.sidecar.classes)
-
-    @property
-    def support_frames(self) -> int:
-        return int(self.sidecar.support_frames)
-
-    @property
-    def cache_shapes(self) -> list[tuple[int, int, int]]:
-        return list(self._cache_shapes)
-
-    def infer(self, batch: list[FrameInput]) -> list[FrameOutput]:
-        return [self._infer_one(item) for item in batch]
-
-    def _infer_one(self, item: FrameInput) -> FrameOutput:
-        if self._closed:
-            raise EngineError("tensorrt engine is closed")
+    def _run(self, item: FrameInput) -> FrameOutput:
         expected = (3, *self.input_size)
         if tuple(item.image.shape) != expected:
             raise EngineError(f"tensorrt engine: image must be {expected}, got {tuple(item.image.shape)}")
-        if len(item.cache) != len(self._cache_shapes):
-            raise EngineError(f"tensorrt engine: cache needs {len(self._cache_shapes)} levels, got {len(item.cache)}")
+        if len(item.cache) != len(self.cache_shapes):
+            raise EngineError(f"tensorrt engine: cache needs {len(self.cache_shapes)} levels, got {len(item.cache)}")
         feeds = {"image": np.ascontiguousarray(item.image[None], dtype=np.float32)}
         for name, entry in zip(INPUT_NAMES[1:], item.cache):
             feeds[name] = np.ascontiguousarray(entry, dtype=np.float32)
