@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from export.spec import Sidecar
+from export.spec import CACHE_LEVELS, Sidecar
 
 
 @dataclass
@@ -80,6 +80,19 @@ class Engine(ABC):
 
     def close(self) -> None:
         """Release the engine's resources."""
+
+
+def output_from_graph(out: dict[str, np.ndarray], inference_ms: float) -> FrameOutput:
+    """The exported graph's named outputs (``export.graph``) as a ``FrameOutput``."""
+    return FrameOutput(
+        boxes=out["boxes"],
+        scores=out["scores"],
+        labels=out["labels"].astype(np.int64, copy=False),
+        mask_probs=out["mask_probs"],
+        embeddings=out["embeddings"],
+        features=[out[f"features_{level}"][0] for level in CACHE_LEVELS],
+        timing_ms={"inference": inference_ms},
+    )
 
 
 class SidecarEngine(Engine):

@@ -9,11 +9,9 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-import numpy as np
 
-from export.spec import CACHE_LEVELS
 
-from .base import EngineError, FrameInput, FrameOutput, SidecarEngine
+from .base import EngineError, FrameInput, FrameOutput, SidecarEngine, output_from_graph
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -59,16 +57,7 @@ class OnnxRuntimeEngine(SidecarEngine):
             out = self.model.infer(item.image, item.cache)
         except Exception as exc:  # ORT raises its own types; shape errors are ValueError
             raise EngineError(f"onnxruntime engine ({self.model.path.name}): {exc}") from exc
-        elapsed = (time.perf_counter() - started) * 1000.0
-        return FrameOutput(
-            boxes=out["boxes"],
-            scores=out["scores"],
-            labels=out["labels"].astype(np.int64, copy=False),
-            mask_probs=out["mask_probs"],
-            embeddings=out["embeddings"],
-            features=[out[f"features_{level}"][0] for level in CACHE_LEVELS],
-            timing_ms={"inference": elapsed},
-        )
+        return output_from_graph(out, (time.perf_counter() - started) * 1000.0)
 
     def close(self) -> None:
         # ORT frees the session with the object; later frames fail with EngineError.

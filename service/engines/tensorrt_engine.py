@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
-from export.spec import CACHE_LEVELS, INPUT_NAMES, OUTPUT_NAMES, read_sidecar, sidecar_path
+from export.spec import INPUT_NAMES, OUTPUT_NAMES, read_sidecar, sidecar_path
 from export.trt_runner import TensorRTEngine as TrtRunner
 
-from .base import EngineError, FrameInput, FrameOutput, SidecarEngine
+from .base import EngineError, FrameInput, FrameOutput, SidecarEngine, output_from_graph
 
 
 class TensorRTEngine(SidecarEngine):
@@ -73,16 +73,7 @@ class TensorRTEngine(SidecarEngine):
             out = self.runner.run(feeds)
         except Exception as exc:
             raise EngineError(f"tensorrt engine ({self.path.name}): {exc}") from exc
-        elapsed = (time.perf_counter() - started) * 1000.0
-        return FrameOutput(
-            boxes=out["boxes"],
-            scores=out["scores"],
-            labels=out["labels"].astype(np.int64, copy=False),
-            mask_probs=out["mask_probs"],
-            embeddings=out["embeddings"],
-            features=[out[f"features_{level}"][0] for level in CACHE_LEVELS],
-            timing_ms={"inference": elapsed},
-        )
+        return output_from_graph(out, (time.perf_counter() - started) * 1000.0)
 
     def close(self) -> None:
         self._closed = True
