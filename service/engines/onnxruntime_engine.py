@@ -9,8 +9,6 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-
-
 from .base import EngineError, FrameInput, FrameOutput, SidecarEngine, output_from_graph
 
 CPU = "CPUExecutionProvider"
