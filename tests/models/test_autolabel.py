@@ -1,0 +1,163 @@
+"""Auto-labelling: its geometry, tracker and output format, and the real teacher on real frames."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from pycocotools import mask as mask_utils
+
+from models import autolabel as al
+from models.data import YTVISPairs, load_ytvis
+from models.data.ytvis import decode_mask
+
+ROOT = Path(__file__).resolve().parents[2]
+VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
+
+
+def test_tiles_cover_the_frame_with_overlap():
+    boxes = al.tiles(768, 576, (3, 2), 0.25)
+    assert boxes[0] == (0, 0, 768, 576)
+    grid = boxes[1:]
+    assert len(grid) == 6
+    covered = np.zeros((576, 768), bool)
+    for x1, y1, x2, y2 in grid:
+        assert 0 <= x1 < x2 <= 768 and 0 <= y1 < y2 <= 576
+        covered[y1:y2, x1:x2] = True
+    assert covered.all()
+    widths = sorted({x2 - x1 for x1, _, x2, _ in grid})
+    assert widths[0] * 3 > 768  # tiles overlap
+    assert al.tiles(640, 480, (0, 0), 0.25) == [(0, 0, 640, 480)]
+
+
+def test_merge_drops_duplicates_and_boxes_inside_better_ones():
+    boxes = np.array([
+        [100, 100, 140, 200],  # a person
+        [102, 101, 141, 203],  # the same person from another tile
+        [100, 100, 140, 150],  # its upper half, cut by a tile edge
+        [300, 100, 340, 200],  # someone else
+    ], float)
+    scores = np.array([0.9, 0.8, 0.85, 0.6])
+    assert al.merge_detections(boxes, scores, nms_iou=0.5, contained=0.8).tolist() == [0, 3]
+
+
+def _det(box, score, colour=(0, 0, 255)):
+    frame = np.zeros((240, 320, 3), np.uint8)
+    x1, y1, x2, y2 = box
+    frame[y1:y2, x1:x2] = colour
+    mask = np.zeros((240, 320), bool)
+    mask[y1:y2, x1:x2] = True
+    det = al.Detection(np.array(box, float), score, mask)
+    det.histogram = al.colour_histogram(frame, det.box, mask)
+    return det
+
+
+def test_tracker_hysteresis_identities_and_min_hits():
+    settings = al.TeacherSettings(score=0.5, low_score=0.2, min_hits=3, max_age=2)
+    tracker = al.IoUTracker(settings)
+    # a walks right, confident then weak; b appears weak only (never starts); c is a one-frame blip
+    for frame in range(6):
+        dets = [_det((10 + 3 * frame, 20, 40 + 3 * frame, 100), 0.9 if frame < 2 else 0.3)]
+        dets.append(_det((200, 20, 230, 100), 0.3, colour=(0, 255, 0)))
+        if frame == 4:
+            dets.append(_det((120, 150, 150, 230), 0.95, colour=(255, 0, 0)))
+        tracker.update(frame, dets)
+    tracks = tracker.tracks()
+    assert len(tracks) == 1
+    assert sorted(tracks[0].observations) == list(range(6))  # weak boxes continued the confident track
+
+
+def test_tracker_colour_gate_splits_crossing_people():
+    settings = al.TeacherSettings(min_hits=1)
+    tracker = al.IoUTracker(settings)
+    tracker.update(0, [_det((50, 20, 80, 100), 0.9, colour=(0, 0, 255))])
+    tracker.update(1, [_det((52, 20, 82, 100), 0.9, colour=(0, 255, 0))])  # same place, other colours
+    assert len(tracker.tracks()) == 2
+
+
+def test_rle_and_json_load_as_youtube_vis(tmp_path):
+    rng = np.random.default_rng(0)
+    mask = rng.random((48, 64)) > 0.6
+    rle = al.encode_rle(mask)
+    compressed = mask_utils.frPyObjects(rle, 48, 64)
+    assert np.array_equal(mask_utils.decode(compressed).astype(bool), mask)
+    edge = np.zeros((48, 64), bool)
+    edge[0, 0] = True  # a run of ones first
+    assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(al.encode_rle(edge), 48, 64)).astype(bool), edge)
+
+    track = al.Track(1, np.zeros(4), np.zeros(128, np.float32), 2, 0.9)
+    for frame in (0, 2):
+        box = (10, 5, 30, 40)
+        m = np.zeros((48, 64), bool)
+        m[8:38, 12:28] = True
+        track.observations[frame] = al.Detection(np.array(box, float), 0.9, m)
+    data = al.ytvis_json("clip", 64, 48, 3, [track])
+    (tmp_path / "instances.json").write_text(json.dumps(data))
+    loaded = load_ytvis(tmp_path / "instances.json")
+    assert loaded.num_classes == 1 and loaded.categories[0]["name"] == "person"
+    assert [len(loaded.frame_instances(1, f)) for f in range(3)] == [1, 0, 1]
+    instance = loaded.frame_instances(1, 2)[0]
+    assert decode_mask(instance.segmentation, 48, 64).sum() == 30 * 16
+
+
+def test_cli_errors_name_the_problem(tmp_path):
+    missing = tmp_path / "nope.avi"
+    run = subprocess.run([sys.executable, "-m", "models.autolabel", "--video", str(missing), "--out", str(tmp_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "nope.avi" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "models.autolabel", "--video", str(missing), "--out", str(tmp_path),
+                          "--frames", "9:3"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "frame range" in run.stderr
+
+
+teacher_env = pytest.mark.skipif(not (al.TEACHER_PYTHON.parent.parent / ".installed").is_file() and bool(al.teacher_missing()),
+                                 reason="the teacher environment is missing: run `make teacher-env`")
+needs_vtest = pytest.mark.skipif(not VTEST.is_file(), reason="vtest.avi missing (Debian opencv-doc)")
+
+
+@teacher_env
+@needs_vtest
+def test_teacher_labels_real_frames(tmp_path):
+    """The real teacher on vtest frames 300-305: people with masks inside their boxes, tracked."""
+    out = tmp_path / "labels"
+    run = subprocess.run(
+        [sys.executable, "-m", "models.autolabel", "--video", str(VTEST), "--out", str(out), "--frames", "300:306",
+         "--min-hits", "2", "--sheet-frames", "4"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    summary = json.loads(run.stdout.strip().splitlines()[-1])
+    assert summary["frames"] == [300, 306]
+    annotations = load_ytvis(out / "instances.json")
+    video = annotations.videos[0]
+    assert (video.width, video.height, video.length) == (768, 576, 6)
+    per_frame = [annotations.frame_instances(video.id, f) for f in range(6)]
+    # vtest frame 300 shows 7-8 pedestrians on the walkway
+    assert all(len(people) >= 4 for people in per_frame), [len(p) for p in per_frame]
+    for people in per_frame:
+        for person in people:
+            x1, y1, x2, y2 = person.box
+            w, h = x2 - x1, y2 - y1
+            assert h >= 16 and w > 0
+            mask = decode_mask(person.segmentation, 576, 768).astype(bool)
+            assert mask.sum() >= 0.08 * w * h
+            ys, xs = np.nonzero(mask)
+            assert xs.min() >= np.floor(x1) and xs.max() <= np.ceil(x2)
+            assert ys.min() >= np.floor(y1) and ys.max() <= np.ceil(y2)
+    # identities persist over the six frames for most people
+    ids_first = {p.annotation_id for p in per_frame[0]}
+    ids_last = {p.annotation_id for p in per_frame[-1]}
+    assert len(ids_first & ids_last) >= 3
+    frames = sorted((out / "JPEGImages" / "vtest").glob("*.jpg"))
+    assert len(frames) == 6 and cv2.imread(str(frames[0])).shape == (576, 768, 3)
+    sheet = cv2.imread(str(out / "contact_sheet.png"))
+    assert sheet is not None and sheet.shape[1] == 4 * 384
+    # the labels train: the pair dataset reads them
+    pairs = YTVISPairs(annotations, out / "JPEGImages", scale=(320, 240))
+    key, target, _, _ = pairs[0]
+    assert key.shape[0] == 3 and len(target["boxes"]) >= 4
