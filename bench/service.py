@@ -71,7 +71,6 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-import warnings
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
@@ -163,11 +162,7 @@ def export_lite(workdir: Path, roi_extractor: str, frame_hw: tuple[int, int]) ->
 
     path = workdir / f"{PRESET}_{roi_extractor}_{size_text(*frame_hw)}.onnx"
     started = time.perf_counter()
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*no shipped weights.*")
-        model, source = resolve_model(PRESET, None, {"roi_extractor": roi_extractor})
-    if source is not None:  # pragma: no cover - resolve_model refuses overrides with shipped weights
-        raise ValueError(f"{PRESET} resolved to weights {source}; expected random heads")
+    model, _ = resolve_model(PRESET, None, {"roi_extractor": roi_extractor}, random_init=True)
     export_onnx(model, path, "standard", frame_size=frame_hw)
     return path, time.perf_counter() - started
 

@@ -131,25 +131,32 @@ def parse_overrides(items: list[str]) -> dict[str, object]:
 
 
 def resolve_model(
-    preset: str, weights: str | None, overrides: dict[str, object] | None = None
+    preset: str, weights: str | None, overrides: dict[str, object] | None = None, *, random_init: bool = False
 ) -> tuple[MaskTrackRCNN, str | None]:
     """The network to export and where its weights came from (None: random).
 
-    ``overrides`` (model options, e.g. ``roi_extractor="temporal"``) apply to
-    a randomly initialised network only: a checkpoint carries its own options.
+    ``random_init`` builds a randomly initialised network (seed 0; the
+    pretrained backbone where the preset has one) even when the preset ships
+    weights. ``overrides`` (model options, e.g. ``roi_extractor="temporal"``)
+    apply to a randomly initialised network only: a checkpoint carries its
+    own options.
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; valid presets: {', '.join(PRESETS)}")
-    if overrides and (weights is not None or shipped_weights(preset) is not None):
-        raise ValueError("--set applies to randomly initialised networks only; a checkpoint carries its own options")
+    if random_init and weights is not None:
+        raise ValueError("--random-init and --weights exclude each other")
+    if not random_init and overrides and (weights is not None or shipped_weights(preset) is not None):
+        raise ValueError("--set applies to randomly initialised networks only (add --random-init); "
+                         "a checkpoint carries its own options")
     if weights is None:
-        found = shipped_weights(preset)
+        found = None if random_init else shipped_weights(preset)
         if found is None:
-            warnings.warn(
-                f"preset {preset!r} has no shipped weights and no --weights was given: exporting a "
-                "randomly initialised network (pretrained backbone where the preset has one)",
-                stacklevel=2,
-            )
+            if not random_init:
+                warnings.warn(
+                    f"preset {preset!r} has no shipped weights and no --weights was given: exporting a "
+                    "randomly initialised network (pretrained backbone where the preset has one)",
+                    stacklevel=2,
+                )
             torch.manual_seed(0)
             return build_model(preset, **(overrides or {})), None
         weights = str(found)
@@ -306,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m export.onnx", description=__doc__.split("\n\n")[0])
     p.add_argument("--preset", required=True, help=f"one of {', '.join(PRESETS)}")
     p.add_argument("--weights", help="checkpoint (default: the preset's shipped weights, else random init)")
+    p.add_argument("--random-init", action="store_true",
+                   help="export a randomly initialised network (seed 0) even when the preset ships weights")
     p.add_argument("--mode", choices=MODES, default="standard")
     p.add_argument("--out", required=True, help="output .onnx path (the sidecar goes beside it as .json)")
     p.add_argument("--frame-size", default="640x360", help="camera frame WIDTHxHEIGHT (default 640x360)")
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError(f"unknown preset {args.preset!r}; valid presets: {', '.join(PRESETS)}")
         if args.weights is not None and not Path(args.weights).is_file():
             raise ValueError(f"{args.weights}: no such checkpoint")
-        model, weights = resolve_model(args.preset, args.weights, parse_overrides(args.set))
+        model, weights = resolve_model(args.preset, args.weights, parse_overrides(args.set), random_init=args.random_init)
         sidecar = export_onnx(
             model, args.out, args.mode, frame_size, args.support_frames, args.opset, weights=weights
         )

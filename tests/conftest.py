@@ -22,12 +22,10 @@ def lite_temporal(tmp_path_factory):
     from export.onnx import main, resolve_model
 
     path = tmp_path_factory.mktemp("lite") / "lite.onnx"
-    with pytest.warns(UserWarning, match="no shipped weights"):
-        code = main(["--preset", "lite", "--mode", "standard", "--out", str(path), "--frame-size", "768x576",
-                     "--set", "roi_extractor=temporal"])
+    code = main(["--preset", "lite", "--mode", "standard", "--out", str(path), "--frame-size", "768x576",
+                 "--random-init", "--set", "roi_extractor=temporal"])
     assert code == 0, "python -m export.onnx failed"
-    with pytest.warns(UserWarning, match="no shipped weights"):
-        model, _ = resolve_model("lite", None, {"roi_extractor": "temporal"})
+    model, _ = resolve_model("lite", None, {"roi_extractor": "temporal"}, random_init=True)
     return model.eval(), path
 
 
@@ -37,8 +35,7 @@ def lite_roialign_onnx(tmp_path_factory):
     768x576 frames: the fast model the service benchmarks' smoke runs share."""
     from export.onnx import export_onnx, resolve_model
 
-    with pytest.warns(UserWarning, match="no shipped weights"):
-        model, _ = resolve_model("lite", None, {})
+    model, _ = resolve_model("lite", None, {}, random_init=True)
     path = tmp_path_factory.mktemp("lite_roialign") / "lite.onnx"
     export_onnx(model, path, "standard", (576, 768))
     return path
