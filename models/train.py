@@ -10,6 +10,10 @@ included, so long CPU runs can be done in chunks (``--max-iters`` /
 
 The eight experiments of the backbone / RoI-extractor study are
 ``--preset {r50,r101,x101_32x4d,x101_64x4d} --roi-extractor {roialign,temporal}``.
+
+``--copy-paste`` turns on the copy-paste augmentation of ``models.data.copy_paste``
+(new backgrounds, people pasted into both frames of a pair); check what it
+makes with ``python -m models.data.copy_paste --data DIR --out sheet.png``.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import YTVISPairs, collate_pairs, load_ytvis
+from .data import CopyPaste, YTVISPairs, collate_pairs, load_ytvis
 from .data.split_args import add_split_arguments, resolve_split_arguments
 from .presets import PRESETS, build_model
 from .schedule import ResumableSampler, Schedule
@@ -53,6 +57,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log.jsonl")
     p.add_argument("--input-size", type=parse_size, default=(640, 360), help="keep-ratio scale WxH")
     p.add_argument("--frame-range", type=int, default=None, help="reference frame within +-N frames")
+    p.add_argument("--copy-paste", action="store_true", help="copy-paste augmentation of the training pairs")
+    p.add_argument("--copy-paste-backgrounds", type=Path, metavar="DIR", help="folder of background photos (with --copy-paste)")
+    p.add_argument("--copy-paste-prob", type=float, metavar="P", help="chance a pair is augmented (with --copy-paste; 0.5)")
+    p.add_argument("--max-paste", type=int, metavar="N", help="people pasted into a pair at most (with --copy-paste; 3)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr-steps", type=int, nargs="*", default=[8, 11])
     p.add_argument("--batch-size", type=int, default=1, help="pairs per process and step")
@@ -77,7 +85,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
     args = p.parse_args(argv)
     resolve_split_arguments(p, args)
+    resolve_copy_paste_arguments(p, args)
     return args
+
+
+def resolve_copy_paste_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Defaults for the copy-paste options when on; refuse them when off."""
+    options = {"copy_paste_backgrounds": None, "copy_paste_prob": 0.5, "max_paste": 3}
+    if not args.copy_paste:
+        given = [name for name in options if getattr(args, name) is not None]
+        if given:
+            parser.error(f"--{given[0].replace('_', '-')} needs --copy-paste")
+        return
+    for name, default in options.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    if not 0.0 <= args.copy_paste_prob <= 1.0:
+        parser.error(f"--copy-paste-prob must be in [0, 1], got {args.copy_paste_prob}")
+    if args.max_paste < 0:
+        parser.error(f"--max-paste must be >= 0, got {args.max_paste}")
 
 
 def model_overrides(args: argparse.Namespace, categories: list[dict]) -> dict:
@@ -152,8 +178,13 @@ def train(args: argparse.Namespace) -> int:
     device = ddp.device()
 
     annotations = load_ytvis(args.ann)
+    copy_paste = None
+    if args.copy_paste:
+        copy_paste = CopyPaste(prob=args.copy_paste_prob, max_paste=args.max_paste,
+                               background_dir=args.copy_paste_backgrounds)
     dataset = YTVISPairs(
-        annotations, args.images, scale=args.input_size, flip_prob=0.5, frame_range=args.frame_range, seed=args.seed
+        annotations, args.images, scale=args.input_size, flip_prob=0.5, frame_range=args.frame_range, seed=args.seed,
+        copy_paste=copy_paste,
     )
     if len(dataset) == 0:
         raise SystemExit(f"error: {args.ann}: no annotated frames to train on")

@@ -1,4 +1,4 @@
-"""YouTube-VIS data for training (key/reference pairs) and inference (frames in order)."""
+"""YouTube-VIS data for training (key/reference pairs, copy-paste augmentation) and inference (frames in order)."""
 
 from .transforms import hflip, keep_ratio_size, resize, to_tensors
 from .ytvis import (
@@ -16,6 +16,8 @@ from .ytvis import (
 )
 
 __all__ = [
+    "CopyPaste",
+    "CopyPasteAugmenter",
     "FrameInstance",
     "YTVISAnnotations",
     "YTVISInstance",
@@ -32,3 +34,13 @@ __all__ = [
     "segmentation_to_rle",
     "to_tensors",
 ]
+
+
+def __getattr__(name: str):
+    # Imported on first use: ``python -m models.data.copy_paste`` must find the
+    # module not yet loaded by its package (runpy warns otherwise).
+    if name in ("CopyPaste", "CopyPasteAugmenter"):
+        from . import copy_paste
+
+        return getattr(copy_paste, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -12,7 +12,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
@@ -21,6 +21,9 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from .transforms import FrameTarget, hflip, keep_ratio_size, resize, to_tensors
+
+if TYPE_CHECKING:
+    from .copy_paste import CopyPaste
 
 Segmentation = dict[str, Any] | list[list[float]] | None
 
@@ -318,6 +321,10 @@ class YTVISPairs(Dataset):
     normalised nor padded (the model's transform does both); targets as in
     ``models.data.transforms`` (torch tensors), ``instance_ids`` being the
     annotation ids, crowd instances only in ``ignore_boxes``.
+
+    With ``copy_paste`` (``models.data.copy_paste``) a pair is augmented
+    after resize and flip with the rest of the sample's random stream, so the
+    pair draws stay the same as without it.
     """
 
     def __init__(
@@ -328,6 +335,7 @@ class YTVISPairs(Dataset):
         flip_prob: float = 0.5,
         frame_range: int | None = None,
         seed: int = 0,
+        copy_paste: CopyPaste | None = None,
     ) -> None:
         self.annotations = annotations if isinstance(annotations, YTVISAnnotations) else load_ytvis(annotations)
         self.image_root = Path(image_root)
@@ -343,6 +351,7 @@ class YTVISPairs(Dataset):
         self.samples = [(video_id, f) for video_id, frames in self.annotated_frames.items() for f in frames]
         if not self.samples:
             raise ValueError(f"{self.annotations.path}: no frame has a non-crowd instance (a valid/test split?)")
+        self.augmenter = copy_paste.bind(self.annotations, self.image_root) if copy_paste is not None else None
 
     def _has_valid_instance(self, video_id: int, frame: int) -> bool:
         return any(not i.iscrowd for i in self.annotations.frame_instances(video_id, frame))
@@ -362,13 +371,21 @@ class YTVISPairs(Dataset):
 
     def draw(self, index: int) -> tuple[int, int, int, bool]:
         """(video id, key frame, reference frame, flip) of sample ``index`` this epoch."""
+        return self.draw_with_rng(index)[0]
+
+    def draw_with_rng(self, index: int) -> tuple[tuple[int, int, int, bool], np.random.Generator]:
+        """``draw(index)`` and the sample's generator after it (for augmentation)."""
         rng = np.random.default_rng((self.seed, self.epoch, index))
         video_id, key = self.samples[index]
         candidates = self.reference_candidates(video_id, key)
         reference = candidates[rng.integers(len(candidates))] if candidates else key
-        return video_id, key, reference, bool(rng.random() < self.flip_prob)
+        return (video_id, key, reference, bool(rng.random() < self.flip_prob)), rng
 
     def load_frame(self, video_id: int, frame: int, flip: bool) -> tuple[Tensor, dict[str, Tensor]]:
+        return to_tensors(*self.frame_arrays(video_id, frame, flip))
+
+    def frame_arrays(self, video_id: int, frame: int, flip: bool) -> tuple[np.ndarray, FrameTarget]:
+        """A frame and its target resized and flipped, as numpy arrays."""
         video = self.annotations.video(video_id)
         path = self.image_root / video.file_names[frame]
         image = read_frame(path, video_id)
@@ -380,7 +397,7 @@ class YTVISPairs(Dataset):
         image, target = resize(image, self._target(video, frame), keep_ratio_size(video.width, video.height, self.scale))
         if flip:
             image, target = hflip(image, target)
-        return to_tensors(image, target)
+        return image, target
 
     def _target(self, video: YTVISVideo, frame: int) -> FrameTarget:
         instances = self.annotations.frame_instances(video.id, frame)
@@ -395,8 +412,12 @@ class YTVISPairs(Dataset):
         }
 
     def __getitem__(self, index: int) -> tuple[Tensor, dict[str, Tensor], Tensor, dict[str, Tensor]]:
-        video_id, key, reference, flip = self.draw(index)
-        return (*self.load_frame(video_id, key, flip), *self.load_frame(video_id, reference, flip))
+        (video_id, key, reference, flip), rng = self.draw_with_rng(index)
+        key_frame = self.frame_arrays(video_id, key, flip)
+        reference_frame = self.frame_arrays(video_id, reference, flip)
+        if self.augmenter is not None:
+            key_frame, reference_frame = self.augmenter(key_frame, reference_frame, rng, video_id, flip)
+        return (*to_tensors(*key_frame), *to_tensors(*reference_frame))
 
 
 def collate_pairs(batch: list[tuple]) -> tuple[list[Tensor], list[dict], list[Tensor], list[dict]]:
