@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import yaml
 
-from service import demo
+from service import demo, demo_video
 from service.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -206,7 +206,7 @@ def test_zones_follow_a_video_of_another_size(tmp_path):
     assert demo.aspect_note(same_shape, model) is None
 
     # the drawn zones are the ones the service measures with: a ground point's label is its zone
-    labels = demo.zone_labels(zones, 640, 360)
+    labels = demo_video.zone_labels(zones, 640, 360)
     for (x, y) in [(400, 160), (50, 20), (float(zones.hazard[0][0]) - 10, float(zones.hazard[0][1]))]:
         mask = np.zeros((360, 640), bool)
         mask[int(y) - 5:int(y), int(x)] = True  # a one-pixel-wide person whose lowest pixel is at (x, y - 1)
