@@ -23,12 +23,23 @@ from .checkpoint import config_from_dict, load_weights, read_checkpoint
 from .presets import PRESETS, build_model
 
 KEPT = ("preset", "config", "categories")
+# Options that only change inference (post-processing and proposal counts), so they may be
+# set for the shipped file without retraining.
+INFERENCE_OPTIONS = ("score_thresh", "nms_thresh", "detections_per_img", "rpn_pre_nms_top_n_test",
+                     "rpn_post_nms_top_n_test")
 RECORDED = ("args", "iteration", "epoch")
 
 
-def pack(checkpoint: str | Path, out: str | Path, half: bool = True) -> dict[str, Any]:
-    """Write the packed file; returns a summary (tensors, bytes, sha256)."""
+def pack(checkpoint: str | Path, out: str | Path, half: bool = True,
+         inference: dict[str, float | int] | None = None) -> dict[str, Any]:
+    """Write the packed file; returns a summary (tensors, bytes, sha256).
+
+    ``inference`` overrides options of ``INFERENCE_OPTIONS`` in the stored config.
+    """
     payload = read_checkpoint(checkpoint)
+    unknown = sorted(set(inference or {}) - set(INFERENCE_OPTIONS))
+    if unknown:
+        raise ValueError(f"--set {unknown[0]}: only inference options can be set here ({', '.join(INFERENCE_OPTIONS)})")
     missing = [key for key in KEPT if key not in payload]
     if missing:
         raise ValueError(f"{checkpoint}: not a training checkpoint of this project (missing {', '.join(missing)})")
@@ -41,6 +52,9 @@ def pack(checkpoint: str | Path, out: str | Path, half: bool = True) -> dict[str
         for name, tensor in payload["model"].items()
     }
     packed = {"model": state, **{key: payload[key] for key in KEPT}}
+    if inference:
+        packed["config"] = {**payload["config"], **inference}
+        build_model(payload["preset"], **config_from_dict(packed["config"]))  # values the network accepts
     packed["training"] = {key: _plain(payload[key]) for key in RECORDED if key in payload}
     packed["storage"] = "float16" if half else "float32"
     out = Path(out)
@@ -49,7 +63,7 @@ def pack(checkpoint: str | Path, out: str | Path, half: bool = True) -> dict[str
     torch.save(packed, tmp)
     tmp.replace(out)
     digest = hashlib.sha256(out.read_bytes()).hexdigest()
-    return {"out": str(out), "tensors": len(state), "bytes": out.stat().st_size, "sha256": digest,
+    return {"out": str(out), "tensors": len(state), "inference": dict(inference or {}), "bytes": out.stat().st_size, "sha256": digest,
             "storage": packed["storage"], "iteration": packed["training"].get("iteration")}
 
 
@@ -69,9 +83,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", required=True, type=Path, help="training checkpoint (RUN/latest.pt)")
     p.add_argument("--out", required=True, type=Path, help="packed weights file")
     p.add_argument("--fp32", action="store_true", help="keep float32 storage")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"inference option for the shipped file ({', '.join(INFERENCE_OPTIONS)})")
     args = p.parse_args(argv)
     try:
-        summary = pack(args.checkpoint, args.out, half=not args.fp32)
+        inference = {}
+        for item in args.set:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--set {item!r}: expected KEY=VALUE")
+            try:
+                inference[key] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise ValueError(f"--set {item!r}: {key} takes a number") from None
+        summary = pack(args.checkpoint, args.out, half=not args.fp32, inference=inference)
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -55,4 +55,20 @@ def test_pack_cli_errors(tmp_path, capsys):
     torch.save({"model": {}}, no_config)
     assert main(["--checkpoint", str(no_config), "--out", str(tmp_path / "x.pt")]) == 2
     assert "missing preset" in capsys.readouterr().err
+    source = tmp_path / "latest.pt"
+    _training_checkpoint(source)
+    assert main(["--checkpoint", str(source), "--out", str(tmp_path / "x.pt"), "--set", "fpn_channels=64"]) == 2
+    assert "only inference options" in capsys.readouterr().err
+    assert main(["--checkpoint", str(source), "--out", str(tmp_path / "x.pt"), "--set", "score_thresh=high"]) == 2
+    assert "takes a number" in capsys.readouterr().err
     assert not (tmp_path / "x.pt").exists()
+
+
+def test_pack_sets_inference_options(tmp_path):
+    source = tmp_path / "latest.pt"
+    _training_checkpoint(source)
+    assert main(["--checkpoint", str(source), "--out", str(tmp_path / "x.pt"), "--set", "score_thresh=0.3",
+                 "--set", "detections_per_img=16"]) == 0
+    model, _ = load_model(tmp_path / "x.pt", "lite")
+    assert model.config.score_thresh == 0.3 and model.config.detections_per_img == 16
+    assert model.roi_heads.detections_per_img == 16
