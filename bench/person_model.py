@@ -7,8 +7,8 @@ Usage: python bench/person_model.py --ann HELDOUT/instances.json [--images DIR]
 The model runs as the service runs it: ONNX Runtime on the CPU (``--threads``),
 each frame resized to the model's working size, the last T frames' features
 as its support cache (models with Temporal RoI Align), detections at or above
-``--score`` kept and associated by the tracker (``models.tracker.Tracker``,
-the service's defaults), masks pasted at frame size. Frames are fed in order,
+``--score`` kept and associated by the tracker (``models.tracker.Tracker``
+with the service's settings, motion gate included), masks pasted at frame size. Frames are fed in order,
 one at a time, with no frame dropped.
 
 Printed as JSON (and written to ``--out``):
@@ -53,6 +53,7 @@ from models.data import load_ytvis  # noqa: E402
 from models.data.ytvis import decode_mask, read_frame  # noqa: E402
 from models.tracker import Tracker  # noqa: E402
 from models.ytvis_eval import evaluate_results  # noqa: E402
+from service.config import PipelineSettings  # noqa: E402
 from service.engines import FrameInput, create_engine  # noqa: E402
 from service.results import frame_result  # noqa: E402
 
@@ -105,7 +106,9 @@ def run(args: argparse.Namespace) -> dict:
     video = annotations.videos[0]
     length = min(video.length, args.max_frames or video.length)
     engine = create_engine("onnxruntime", args.model, threads=args.threads)
-    tracker = Tracker(max_age=30, max_tracks=64)
+    defaults = PipelineSettings()  # the service's tracker settings
+    tracker = Tracker(max_age=defaults.max_track_age, max_tracks=defaults.max_tracks,
+                      motion_gate=defaults.track_motion_gate)
     support = engine.support_frames
     cache = [deque(maxlen=support) for _ in engine.cache_shapes] if support else []
     engine_ms, step_ms = [], []

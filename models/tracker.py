@@ -12,6 +12,12 @@ Segmentation") with two changes:
 * Memory is bounded. ``max_age`` forgets tracks that stay unmatched and
   ``max_tracks`` caps the number of remembered tracks; both default to
   ``None`` (the original's unbounded behaviour).
+* An optional motion gate (``motion_gate``): a detection may continue a
+  remembered track only when its box centre lies within ``motion_gate``
+  box heights per frame since the track was last seen. With one class and
+  embeddings that are not yet discriminative, the original's scores let a
+  person take over the identity of someone across the scene; the gate rules
+  out such jumps. ``None`` (the default) keeps the original behaviour.
 
 Numpy only: the service imports this module in processes that never load
 torch, so nothing here may import it, directly or indirectly.
@@ -28,6 +34,8 @@ from models.geometry import as_boxes, box_iou
 __all__ = ["Tracker", "comprehensive_scores", "greedy_assign", "match_log_likelihood"]
 
 NEW_OBJECT = 0  # column index of the "new object" hypothesis in every score matrix
+GATED = -1e9  # score of a (detection, track) pair the motion gate rules out: below any real score
+GATE_MAX_FRAMES = 3  # the gate widens with frames unseen, up to this many frames' worth
 
 
 def match_log_likelihood(det_embeddings: np.ndarray, mem_embeddings: np.ndarray) -> np.ndarray:
@@ -228,6 +236,7 @@ class Tracker:
         match_coeff: tuple[float, float, float] = (1.0, 2.0, 10.0),
         max_age: int | None = None,
         max_tracks: int | None = None,
+        motion_gate: float | None = None,
     ) -> None:
         coeff = tuple(float(c) for c in match_coeff)
         if len(coeff) != 3 or not np.isfinite(coeff).all():
@@ -236,7 +245,10 @@ class Tracker:
             raise ValueError(f"max_age must be None or an int >= 0, got {max_age!r}")
         if max_tracks is not None and (not isinstance(max_tracks, (int, np.integer)) or max_tracks < 1):
             raise ValueError(f"max_tracks must be None or an int >= 1, got {max_tracks!r}")
+        if motion_gate is not None and not (isinstance(motion_gate, (int, float)) and motion_gate > 0):
+            raise ValueError(f"motion_gate must be None or a number > 0, got {motion_gate!r}")
         self.match_coeff: tuple[float, float, float] = (coeff[0], coeff[1], coeff[2])
+        self.motion_gate = None if motion_gate is None else float(motion_gate)
         self.max_age = max_age
         self.max_tracks = max_tracks
         self._next_id = 0
@@ -283,6 +295,8 @@ class Tracker:
             comp = comprehensive_scores(
                 match_ll, dets.boxes, dets.labels, dets.scores, memory.boxes, memory.labels, self.match_coeff
             )
+            if self.motion_gate is not None:
+                comp[:, 1:][~self._within_gate(dets.boxes, frame)] = GATED
             columns = greedy_assign(comp)
 
         ids = np.empty(n, dtype=np.int64)
@@ -304,6 +318,16 @@ class Tracker:
         self._frame += 1
         self._forget(frame)
         return ids
+
+    def _within_gate(self, boxes: np.ndarray, frame: int) -> np.ndarray:
+        """``[N, M]``: may detection i continue track j (centre within gate x height x frames unseen)?"""
+        memory = self._memory
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2
+        remembered = (memory.boxes[:, :2] + memory.boxes[:, 2:]) / 2
+        distance = np.linalg.norm(centres[:, None, :] - remembered[None, :, :], axis=2)
+        height = np.maximum(boxes[:, 3:4] - boxes[:, 1:2], (memory.boxes[:, 3] - memory.boxes[:, 1])[None, :])
+        frames = np.clip(frame - memory.last_seen, 1, GATE_MAX_FRAMES)[None, :]
+        return distance <= self.motion_gate * np.maximum(height, 1.0) * frames
 
     def _forget(self, frame: int) -> None:
         memory = self._memory

@@ -110,7 +110,8 @@ class StreamPipeline:
         self._task: asyncio.Task | None = None
         self._failed = False
         self._cache: list[deque[np.ndarray]] = [deque(maxlen=max(engine.support_frames, 1)) for _ in engine.cache_shapes]
-        self.tracker = Tracker(max_age=settings.max_track_age, max_tracks=settings.max_tracks)
+        self.tracker = Tracker(max_age=settings.max_track_age, max_tracks=settings.max_tracks,
+                               motion_gate=settings.track_motion_gate)
         self._frame_index = 0
 
     # ------------------------------------------------------------ lifecycle

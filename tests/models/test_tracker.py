@@ -316,11 +316,33 @@ def test_embedding_size_change_raises_and_leaves_tracker_untouched():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_age": -1}, {"max_tracks": 0}, {"match_coeff": (1.0, 2.0)}, {"match_coeff": (1, np.nan, 1)}]
+    "kwargs", [{"max_age": -1}, {"max_tracks": 0}, {"match_coeff": (1.0, 2.0)}, {"match_coeff": (1, np.nan, 1)},
+               {"motion_gate": 0}, {"motion_gate": "far"}]
 )
 def test_bad_constructor_arguments_raise(kwargs):
     with pytest.raises(ValueError):
         Tracker(**kwargs)
+
+
+def test_motion_gate_stops_identity_jumps_across_the_scene():
+    # Embeddings that agree with everything (as an undertrained track head gives): without a
+    # gate, a person appearing far away takes over the id of one who just left.
+    same = np.ones((1, D))
+    def det(box):
+        return same, np.array([box], float), np.array([1]), np.array([0.9])
+
+    plain, gated = Tracker(), Tracker(motion_gate=1.0)
+    for tracker in (plain, gated):
+        tracker.update(*det([0, 0, 10, 40]))
+    assert plain.update(*det([300, 0, 310, 40]))[0] == 0  # jumped 300 px in one frame
+    assert gated.update(*det([300, 0, 310, 40]))[0] == 1  # a new person
+    # within the gate (a walking step), the id continues
+    assert gated.update(*det([305, 2, 315, 42]))[0] == 1
+    # a track unseen for k frames may have moved k gates
+    gated.update(*frame())
+    gated.update(*frame())
+    assert gated.update(*det([380, 2, 390, 42]))[0] == 1  # 75 px after 3 frames, height 40: within 120 px
+    assert gated.update(*det([700, 2, 710, 42]))[0] == 2  # 320 px in one frame: new
 
 
 # ---------------------------------------------------------------- numpy only
