@@ -192,6 +192,8 @@ def run(args: argparse.Namespace) -> dict:
                 ann[key] = ann[key][:length]
         gt["annotations"] = [a for a in gt["annotations"] if any(s is not None for s in a["segmentations"])]
     ytvis = evaluate_results(gt, results) if results else None
+    if args.results:
+        args.results.write_text(json.dumps(results), encoding="utf-8")
 
     def ratio(a: float, b: float) -> float | None:
         return round(a / b, 4) if b else None
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-frames", type=int, help="only the first N frames")
     p.add_argument("--warmup", type=int, default=3, help="frames left out of the timings")
     p.add_argument("--out", type=Path, help="also write the JSON here")
+    p.add_argument("--results", type=Path, help="also write the tracks as a YouTube-VIS results file")
     args = p.parse_args(argv)
     for path, what in ((args.ann, "annotation file"), (args.model, "model")):
         if not path.is_file():

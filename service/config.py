@@ -7,7 +7,7 @@ The file's shape (``deploy/cell.example.yaml``)::
     model: {engine: onnxruntime, path: model.onnx, threads: 2}
     limits: {max_frame_bytes: 4000000, max_pixels: 16000000, max_side: 8192, max_streams: 16}
     batching: {max_batch: 4, max_wait_ms: 5}
-    pipeline: {score_thresh: 0.5, max_track_age: 30, track_motion_gate: 1.0}
+    pipeline: {score_thresh: 0.5, max_track_age: 30, track_motion_gate: 0.5}
     streams:
       - {id: cam1, source: push}
       - {id: door, source: "rtsp://192.0.2.10:554/stream1", options: {reconnect_max_s: 10}}
@@ -73,7 +73,7 @@ class PipelineSettings(_Strict):
     max_track_age: int | None = Field(30, ge=0)
     max_tracks: int | None = Field(64, ge=1)
     # a detection continues a track only within this many box heights per frame unseen (null: no gate)
-    track_motion_gate: float | None = Field(1.0, gt=0)
+    track_motion_gate: float | None = Field(0.5, gt=0)
     latency_window: int = Field(1000, ge=10)
 
 
