@@ -66,9 +66,9 @@ class TeacherSettings:
     mask_threshold: float = 0.5
     crop_margin: float = 1.25  # the segmenter's square crop, relative to the box's long side
     min_mask_fill: float = 0.08  # a mask covering less of its box drops the detection
-    track_iou: float = 0.25
-    max_colour_distance: float = 0.6  # Bhattacharyya distance of hue-saturation histograms
-    max_age: int = 8  # frames a track may go unseen
+    track_iou: float = 0.1
+    max_colour_distance: float = 0.8  # Bhattacharyya distance of hue-saturation histograms
+    max_age: int = 15  # frames a track may go unseen
     min_hits: int = 3
     threads: int = 2
 
