@@ -33,13 +33,14 @@ COPY service/ service/
 RUN pip install . \
     && pip wheel --no-deps --wheel-dir /build/wheels .
 
-# Run from /src so `models` resolves to the source tree: the shipped weights
-# (models/weights/person-lite.pt) are not package data and are not in the wheel.
-# When that file is absent, the exporter warns and exports a randomly initialised
-# network (ImageNet backbone, random heads): the image then runs, but detects nothing
-# useful. The exporter also checks ONNX Runtime against PyTorch on random frames.
-# 768x576 is the frame size of the sample footage (opencv-doc's vtest.avi).
+# Run from /src so `models` resolves to the source tree: the shipped person model
+# (models/weights/person-lite.pt, see models/weights/MODEL_CARD.md) is not package
+# data and is not in the wheel. Naming it makes the build fail if it is missing,
+# rather than export random heads. The exporter also checks ONNX Runtime against
+# PyTorch on random frames. 768x576 is the frame size of the sample footage
+# (opencv-doc's vtest.avi); other sizes are resized to the same working size.
 RUN python -m export.onnx --preset lite --mode standard \
+        --weights models/weights/person-lite.pt \
         --out /build/model/model.onnx --frame-size 768x576 \
     && test -s /build/model/model.onnx \
     && test -s /build/model/model.json

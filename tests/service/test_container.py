@@ -279,14 +279,17 @@ def test_builder_installs_the_project_and_exports_the_model_the_config_names(sta
             break
     else:
         pytest.fail(f"the runtime stage does not copy {out.parent} (model + sidecar) from {builder.name}")
-    # Not ignored: a shipped checkpoint must reach the exporter, else it exports random heads.
+    # The shipped checkpoint is named (a missing file fails the build, never random heads) and reaches it.
+    assert export[export.index("--weights") + 1] == "models/weights/person-lite.pt"
+    assert "--random-init" not in export
     assert not dockerignored("models/weights/person-lite.pt")
 
 
 def test_dockerignore_keeps_environments_data_and_models_out() -> None:
     for path in (".venv/bin/python", ".git/HEAD", "runs/r50/final.pt", "data/syn/train/instances.json",
                  "out/results.json", "model.onnx", "export/cache/model.onnx", ".pytest_cache/v/cache",
-                 "models/__pycache__/presets.cpython-311.pyc"):
+                 "models/__pycache__/presets.cpython-311.pyc", ".venv-teacher/bin/python",
+                 "models/weights/person-lite.json"):
         assert dockerignored(path), f"{path} would be sent to the Docker build"
     for path in ("pyproject.toml", "README.md", "service/cli.py", "deploy/requirements-runtime.txt"):
         assert not dockerignored(path), f"{path} is needed by the build"
