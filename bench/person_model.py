@@ -51,6 +51,7 @@ if str(ROOT) not in sys.path:
 from export.ort_runtime import prepare_frame  # noqa: E402
 from models.data import load_ytvis  # noqa: E402
 from models.data.ytvis import decode_mask, read_frame  # noqa: E402
+from models.geometry import box_iou  # noqa: E402
 from models.tracker import Tracker  # noqa: E402
 from models.ytvis_eval import evaluate_results  # noqa: E402
 from service.config import PipelineSettings  # noqa: E402
@@ -59,16 +60,6 @@ from service.results import frame_result  # noqa: E402
 
 DEFAULT_MODEL = ROOT / "models" / "weights" / "person-lite.onnx"
 SWEEP = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-
-
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    union = np.prod(a[:, 2:] - a[:, :2], 1)[:, None] + np.prod(b[:, 2:] - b[:, :2], 1)[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
 
 
 def match_frame(gt_boxes: np.ndarray, det_boxes: np.ndarray, det_scores: np.ndarray, iou: float = 0.5) -> dict[int, int]:

