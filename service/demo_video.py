@@ -104,8 +104,13 @@ class Annotator:
         x = int(8 * scale) + cv2.getTextSize(label, font, 0.8 * scale, 2)[0][0] + int(16 * scale)
         info = f"frame {index}  {index / fps:.1f} s  " + (f"{persons} persons" if processed else "not processed")
         cv2.putText(canvas, info, (x, int(24 * scale)), font, 0.5 * scale, (255, 255, 255), 1, cv2.LINE_AA)
-        width = cv2.getTextSize(ADVISORY, font, 0.5 * scale, 1)[0][0]
-        cv2.putText(canvas, ADVISORY, (self.width - width - int(8 * scale), int(24 * scale)), font, 0.5 * scale,
+        # The advisory notice gets a strip of its own at the bottom, so long state text never covers it.
+        (width, text_height), _ = cv2.getTextSize(ADVISORY, font, 0.5 * scale, 1)
+        bottom = canvas.shape[0]
+        strip = text_height + int(12 * scale)
+        left = self.width - width - int(16 * scale)
+        canvas[bottom - strip:, left:] = (canvas[bottom - strip:, left:] * 0.3).astype(np.uint8)
+        cv2.putText(canvas, ADVISORY, (left + int(8 * scale), bottom - int(6 * scale)), font, 0.5 * scale,
                     (255, 255, 255), 1, cv2.LINE_AA)
 
 
