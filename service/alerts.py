@@ -18,7 +18,9 @@ Rules
   return to the latched PROTECTIVE_STOP.
 * FAULT comes from ``fault`` (engine error, source lost), ``decode_failures``
   consecutive decode failures, a late frame (done more than ``deadline_ms``
-  after capture) or the watchdog (no frame for more than ``watchdog_ms``).
+  after capture, or after its arrival: the worse of the two), a capture time
+  that cannot be trusted (not set, or ahead of the frame's arrival by more
+  than ``clock_ahead_ms``) or the watchdog (no frame for more than ``watchdog_ms``).
   FAULT is left only on frames (with the hysteresis above, the fault counting
   as the cause) and, with ``latch_fault``, only after a reset.
 * A stream starts in FAULT "no frame yet": it has shown nothing, so it cannot
@@ -28,12 +30,15 @@ Rules
   latest frame still shows a person in the protective zone.
 
 Times for hysteresis and the watchdog come from the injected ``clock``
-(seconds, monotonic); ``capture_ts``/``done_ts`` are only compared with each
-other for the deadline, so they may come from another clock (camera epoch).
+(seconds, monotonic); ``capture_ts`` comes from the camera's clock and is
+compared with the service's wall clock (``received_ts``/``done_ts``), which is
+why a camera clock found ahead is a FAULT and why the time since arrival, on
+the service's own monotonic clock, bounds lateness as well.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -63,16 +68,29 @@ def worst(*states: SafetyState) -> SafetyState:
     return max(states, key=_SEVERITY.__getitem__, default=SafetyState.CLEAR)
 
 
-class SafetyConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+# Bounds of the timings below. Each must be finite: an infinite watchdog or
+# deadline switches that check off without a word. The lower bounds keep the
+# ticker (a quarter of the watchdog) from spinning.
+MIN_WATCH_MS = 10.0
+MAX_WATCH_MS = 60_000.0  # watchdog and deadline: a camera silent or late for a minute is long lost
+MAX_CLEAR_MS = 600_000.0
+MAX_AUTO_RESET_S = 86_400.0
+MAX_CLOCK_AHEAD_MS = 60_000.0
 
-    clear_frames: int = Field(3, ge=1)
-    clear_ms: float = Field(500, ge=0)
+
+class SafetyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+
+    clear_frames: int = Field(3, ge=1, le=10_000)
+    clear_ms: float = Field(500, ge=0, le=MAX_CLEAR_MS)
     latch_protective: bool = True
-    auto_reset_s: float | None = Field(None, gt=0)
-    watchdog_ms: float = Field(500, gt=0)
-    decode_failures: int = Field(3, ge=1)
-    deadline_ms: float = Field(1000, gt=0)
+    auto_reset_s: float | None = Field(None, gt=0, le=MAX_AUTO_RESET_S)
+    watchdog_ms: float = Field(500, ge=MIN_WATCH_MS, le=MAX_WATCH_MS)
+    decode_failures: int = Field(3, ge=1, le=10_000)
+    deadline_ms: float = Field(1000, ge=MIN_WATCH_MS, le=MAX_WATCH_MS)
+    # A frame whose capture time is more than this ahead of its arrival comes
+    # from a camera clock the service cannot trust: FAULT (see ``frame``).
+    clock_ahead_ms: float = Field(500, gt=0, le=MAX_CLOCK_AHEAD_MS)
     latch_fault: bool = False
 
 
@@ -163,10 +181,22 @@ class StreamSafety:
         capture_ts: float,
         done_ts: float,
         cause: str | None = None,
+        *,
+        received_ts: float | None = None,
+        since_arrival_ms: float | None = None,
     ) -> Transition | None:
         """A processed frame whose zones show ``observed`` (CLEAR, WARNING or
         PROTECTIVE_STOP). ``cause`` says why (e.g. which track in which zone);
-        it becomes the reason of an escalation."""
+        it becomes the reason of an escalation.
+
+        Lateness is the worse of capture-to-done (``done_ts - capture_ts``, the
+        camera's clock against the service's wall clock) and
+        ``since_arrival_ms`` (the service's own monotonic time since the frame
+        arrived), so a camera clock that runs ahead cannot hide a late frame.
+        A capture time that is not a clock reading (<= 0) or lies more than
+        ``clock_ahead_ms`` after the frame's arrival (``received_ts``, else
+        ``done_ts``) is itself a FAULT: the service cannot trust that camera's
+        times."""
         observed = SafetyState(observed)
         if observed is SafetyState.FAULT:
             raise ValueError("frame(): observed comes from the zones; use fault() for FAULT")
@@ -175,7 +205,11 @@ class StreamSafety:
             now = self._clock()
             before = self._snapshot()
             gap_ms = (now - self._last_frame_at) * 1000
-            late_ms = (done_ts - capture_ts) * 1000
+            clock_problem = self._clock_problem(capture_ts, done_ts if received_ts is None else received_ts)
+            candidates = [] if clock_problem else [((done_ts - capture_ts) * 1000, "capture")]
+            if since_arrival_ms is not None:
+                candidates.append((since_arrival_ms, "arrival"))
+            late_ms, late_from = max(candidates, default=(0.0, "capture"))
             self._last_frame_at = now
             self._decode_failures = 0
             self._latest_observed = observed
@@ -192,15 +226,21 @@ class StreamSafety:
 
             late = late_ms > config.deadline_ms
             missed = gap_ms > config.watchdog_ms
-            self._latest_frame_faulty = late
-            if late or missed:
+            # A frame that arrived before the latest fault (e.g. still in flight when its
+            # source was lost) is no evidence that the fault is over.
+            stale = (since_arrival_ms is not None
+                     and now - since_arrival_ms / 1000 <= self._causes[SafetyState.FAULT].last_seen)
+            self._latest_frame_faulty = late or clock_problem is not None or stale
+            if late or missed or clock_problem:
                 self._causes[SafetyState.FAULT].seen(now)
-            else:
+            elif not stale:
                 self._causes[SafetyState.FAULT].frames_without += 1
 
+            if clock_problem:
+                return self._enter_fault(before, now, clock_problem)
             if late:
                 return self._enter_fault(
-                    before, now, f"falling behind: frame done {late_ms:.0f} ms after capture "
+                    before, now, f"falling behind: frame done {late_ms:.0f} ms after {late_from} "
                     f"(deadline {config.deadline_ms:.0f} ms)")
             if missed and self._state is not SafetyState.FAULT:
                 # the watchdog's tick did not run in time; the unwatched gap is still a fault
@@ -282,6 +322,16 @@ class StreamSafety:
             return "the latest frame or input was faulty"
         if self._protective_latch and self._latest_observed is SafetyState.PROTECTIVE_STOP:
             return "a person is still in the protective zone"
+        return None
+
+    def _clock_problem(self, capture_ts: float, arrived_ts: float) -> str | None:
+        """Why ``capture_ts`` cannot be trusted, or None."""
+        if not math.isfinite(capture_ts) or capture_ts <= 0:
+            return f"capture time {capture_ts!r} is not a clock reading: the camera's clock is not set"
+        ahead_ms = (capture_ts - arrived_ts) * 1000
+        if ahead_ms > self.config.clock_ahead_ms:
+            return (f"camera clock ahead: capture time {ahead_ms:.0f} ms after the frame's arrival "
+                    f"(limit {self.config.clock_ahead_ms:.0f} ms); lateness cannot be trusted")
         return None
 
     def _cleared(self, level: SafetyState, now: float) -> bool:

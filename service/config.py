@@ -8,6 +8,8 @@ The file's shape (``deploy/cell.example.yaml``)::
     limits: {max_frame_bytes: 4000000, max_pixels: 16000000, max_side: 8192, max_streams: 16}
     batching: {max_batch: 4, max_wait_ms: 5}
     pipeline: {score_thresh: 0.5, max_track_age: 30, track_motion_gate: 0.5}
+    safety: {watchdog_ms: 500, deadline_ms: 1000, clock_ahead_ms: 500}
+    sources: {file_dirs: [/srv/videos]}      # file sources only from these directories
     streams:
       - {id: cam1, source: push}
       - {id: door, source: "rtsp://192.0.2.10:554/stream1", options: {reconnect_max_s: 10}}
@@ -29,7 +31,20 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from .alerts import SafetyConfig
 from .auth import AuthSettings
 
-STREAM_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+# \Z, not $: "$" also matches before a trailing newline, and "cam\n" is no id.
+# Match with ``fullmatch``.
+STREAM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}\Z")
+STREAM_ID_RULE = "1-64 letters, digits, '_', '.', '-', starting alphanumeric"
+
+# Upper bounds of timings and distances. Each is far beyond any sensible
+# setting, and finite: an infinite watchdog or deadline silently switches a
+# safety check off, and a huge one overflows the timers it feeds.
+MAX_SAFETY_MS = 60_000.0  # watchdog, deadline, heartbeat: a minute
+MAX_HOLD_MS = 600_000.0  # clear hysteresis: ten minutes
+MAX_BATCH_WAIT_MS = 1_000.0
+MAX_SPEED_MM_S = 10_000.0  # 10 m/s: faster than any person or collaborative robot
+MAX_TIME_S = 10.0  # reaction and stopping times
+MAX_DISTANCE_MM = 100_000.0  # 100 m
 
 
 class ConfigError(ValueError):
@@ -37,7 +52,7 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ServerSettings(_Strict):
@@ -49,7 +64,7 @@ class ServerSettings(_Strict):
 class ModelSettings(_Strict):
     engine: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
     path: str | None = None
-    threads: int | None = Field(None, ge=1)
+    threads: int | None = Field(None, ge=1, le=256)
     # torch engine only: the camera frame size the working size is derived from
     frame_size: str = "640x360"
     # tensorrt engine only: the sidecar JSON of the ONNX file the engine came from
@@ -57,44 +72,67 @@ class ModelSettings(_Strict):
 
 
 class LimitSettings(_Strict):
-    max_frame_bytes: int = Field(4_000_000, ge=1)
-    max_pixels: int = Field(16_000_000, ge=1)
-    max_side: int = Field(8192, ge=1)
-    max_streams: int = Field(16, ge=1)
+    max_frame_bytes: int = Field(4_000_000, ge=1, le=1_000_000_000)
+    max_pixels: int = Field(16_000_000, ge=1, le=1_000_000_000)
+    max_side: int = Field(8192, ge=1, le=65_535)
+    max_streams: int = Field(16, ge=1, le=1024)
+    max_json_bytes: int = Field(1_000_000, ge=1024, le=64_000_000,
+                                description="largest JSON request body (zones, stream creation)")
+    max_zone_vertices: int = Field(256, ge=3, le=4096,
+                                   description="most vertices per zone polygon and most homography pairs")
 
 
 class BatchingSettings(_Strict):
-    max_batch: int = Field(4, ge=1)
-    max_wait_ms: float = Field(5.0, ge=0)
+    max_batch: int = Field(4, ge=1, le=256)
+    max_wait_ms: float = Field(5.0, ge=0, le=MAX_BATCH_WAIT_MS)
 
 
 class PipelineSettings(_Strict):
     score_thresh: float = Field(0.5, gt=0, le=1)
-    max_track_age: int | None = Field(30, ge=0)
-    max_tracks: int | None = Field(64, ge=1)
+    max_track_age: int | None = Field(30, ge=0, le=100_000)
+    max_tracks: int | None = Field(64, ge=1, le=10_000)
     # a detection continues a track only within this many box heights per frame unseen (null: no gate)
-    track_motion_gate: float | None = Field(0.5, gt=0)
-    latency_window: int = Field(1000, ge=10)
+    track_motion_gate: float | None = Field(0.5, gt=0, le=100)
+    latency_window: int = Field(1000, ge=10, le=1_000_000)
 
 
 class EventSettings(_Strict):
-    history: int = Field(1000, ge=1, description="events kept per stream for replay")
-    queue_size: int = Field(256, ge=1, description="events a subscriber may fall behind before it is closed")
-    heartbeat_ms: float = Field(250.0, gt=0)
+    history: int = Field(1000, ge=1, le=1_000_000, description="events kept per stream for replay")
+    queue_size: int = Field(256, ge=1, le=1_000_000,
+                            description="events a subscriber may fall behind before it is closed")
+    heartbeat_ms: float = Field(250.0, ge=10, le=MAX_SAFETY_MS)
 
 
 class SeparationSettings(_Strict):
     """Inputs of the ISO/TS 15066 protective separation distance (mm, mm/s, s)."""
 
-    plc_and_robot_s: float = Field(0.1, ge=0, description="PLC + robot controller reaction time")
-    v_h_mm_s: float = Field(1600.0, ge=0, description="person approach speed")
-    v_r_mm_s: float = Field(1000.0, ge=0, description="robot speed towards the person")
-    t_s_s: float = Field(0.3, ge=0, description="robot stopping time")
-    s_s_mm: float = Field(200.0, ge=0, description="robot stopping distance")
-    c_mm: float = Field(0.0, ge=0, description="intrusion distance")
-    z_d_mm: float = Field(100.0, ge=0, description="position uncertainty of the person (this service)")
-    z_r_mm: float = Field(20.0, ge=0, description="position uncertainty of the robot")
-    protective_distance_mm: float | None = Field(None, ge=0, description="the configured protective distance")
+    plc_and_robot_s: float = Field(0.1, ge=0, le=MAX_TIME_S, description="PLC + robot controller reaction time")
+    v_h_mm_s: float = Field(1600.0, ge=0, le=MAX_SPEED_MM_S, description="person approach speed")
+    v_r_mm_s: float = Field(1000.0, ge=0, le=MAX_SPEED_MM_S, description="robot speed towards the person")
+    t_s_s: float = Field(0.3, ge=0, le=MAX_TIME_S, description="robot stopping time")
+    s_s_mm: float = Field(200.0, ge=0, le=MAX_DISTANCE_MM, description="robot stopping distance")
+    c_mm: float = Field(0.0, ge=0, le=MAX_DISTANCE_MM, description="intrusion distance")
+    z_d_mm: float = Field(100.0, ge=0, le=MAX_DISTANCE_MM, description="position uncertainty of the person (this service)")
+    z_r_mm: float = Field(20.0, ge=0, le=MAX_DISTANCE_MM, description="position uncertainty of the robot")
+    protective_distance_mm: float | None = Field(None, ge=0, le=MAX_DISTANCE_MM, description="the configured protective distance")
+
+
+class SourceSettings(_Strict):
+    """Where pulled streams may read from (checked by ``service.sources.parse_source``)."""
+
+    file_dirs: list[str] = Field(
+        default_factory=list,
+        description="absolute directories whose files (symlinks and '..' resolved) may be played as file "
+        "sources; empty: every file source is refused",
+    )
+
+    @field_validator("file_dirs")
+    @classmethod
+    def _absolute(cls, dirs: list[str]) -> list[str]:
+        for directory in dirs:
+            if not Path(directory).is_absolute():  # relative would depend on where the service starts
+                raise ValueError(f"file_dirs entry {directory!r} must be an absolute path")
+        return dirs
 
 
 class StreamConfig(_Strict):
@@ -106,8 +144,8 @@ class StreamConfig(_Strict):
     @field_validator("id")
     @classmethod
     def _valid_id(cls, value: str) -> str:
-        if not STREAM_ID.match(value):
-            raise ValueError("stream ids are 1-64 characters of letters, digits, '_', '.', '-', starting alphanumeric")
+        if not STREAM_ID.fullmatch(value):
+            raise ValueError(f"stream ids are {STREAM_ID_RULE}")
         return value
 
 
@@ -120,6 +158,7 @@ class Settings(BaseSettings):
     batching: BatchingSettings = Field(default_factory=BatchingSettings)
     pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     streams: list[StreamConfig] = Field(default_factory=list)
+    sources: SourceSettings = Field(default_factory=SourceSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     safety: SafetyConfig = Field(default_factory=SafetyConfig)
     events: EventSettings = Field(default_factory=EventSettings)

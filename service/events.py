@@ -39,6 +39,9 @@ EVENT_TYPES = ("state", "persons", "heartbeat", "fault", "gap")
 SCHEMA_FILE = Path(__file__).with_name("schemas") / "event.schema.json"
 
 EventType = Literal["state", "persons", "heartbeat", "fault", "gap"]
+# The largest ``since`` a reader may ask for: sequence numbers stay below
+# 2**53, the largest integer every JSON consumer reads exactly.
+MAX_SEQ = 2**53
 _ASSIGNED = frozenset({"schema", "seq", "emit_ts", "safety_rated", "stream_id", "type"})
 
 
@@ -237,6 +240,7 @@ class EventBus:
         order), each stream's replay preceded by a gap event when events after
         ``since`` are no longer kept. Replay and registration happen under one
         lock, so nothing is missed or repeated between them."""
+        _check_since(since)
         loop = loop or asyncio.get_running_loop()
         wanted = None if streams is None else frozenset(streams)
         with self._lock:
@@ -251,6 +255,12 @@ class EventBus:
             self._subscriptions.append(subscription)
         return subscription
 
+    def forget(self, stream_id: str) -> None:
+        """Drop a deleted stream's kept events. Its last seq stays, so the id,
+        if created again, continues the numbering and never replays them."""
+        with self._lock:
+            self._events.pop(stream_id, None)
+
     def unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
             if subscription in self._subscriptions:
@@ -262,6 +272,7 @@ class EventBus:
         """For REST: up to ``limit`` kept events with ``seq > since``, oldest first
         (page on with the last seq), and the gap event when events after
         ``since`` are no longer kept. ``since=None``: the latest ``limit``, no gap."""
+        _check_since(since)
         with self._lock:
             if since is None:
                 kept = list(self._events.get(stream_id, ()))
@@ -296,6 +307,11 @@ class EventBus:
         if since < oldest - 1:
             gap = event_dict(stream_id=stream_id, type="gap", seq=None, emit_ts=self._clock(),
                              missed_from=max(since, 0) + 1, missed_to=oldest - 1)
-        start = max(0, since + 1 - oldest)  # seqs in the deque are consecutive
+        start = min(len(kept), max(0, since + 1 - oldest))  # seqs in the deque are consecutive
         stop = len(kept) if limit is None else min(len(kept), start + limit)
         return list(itertools.islice(kept, start, stop)), gap
+
+
+def _check_since(since: int | None) -> None:
+    if since is not None and not 0 <= since <= MAX_SEQ:
+        raise ValueError(f"since must be a sequence number in 0..{MAX_SEQ}, got {since}")

@@ -46,8 +46,11 @@ OFFLINE_AFTER_S = 2.0
 class Frame:
     image: np.ndarray  # BGR uint8, the camera's size
     capture_ts: float  # seconds since the epoch, from the camera (or when it was read)
-    received_ts: float
+    received_ts: float  # the service's wall clock when the frame was offered (after decoding)
     decode_ms: float = 0.0
+    # the service's monotonic clock when the frame arrived (before decoding): lateness
+    # measured from here holds whatever the camera's clock says
+    arrived_mono: float = 0.0
 
 
 class LatencyWindow:
@@ -139,7 +142,7 @@ class StreamPipeline:
     # --------------------------------------------------------------- intake
     def offer(self, image: np.ndarray, capture_ts: float, decode_ms: float = 0.0) -> None:
         """Hand a decoded frame to the stream; thread-safe, never blocks."""
-        frame = Frame(image, capture_ts, time.time(), decode_ms)
+        frame = Frame(image, capture_ts, time.time(), decode_ms, time.monotonic() - decode_ms / 1000.0)
         with self._lock:
             self.received += 1
             if self._pending is not None:
@@ -151,13 +154,35 @@ class StreamPipeline:
             self.metrics.received(self.stream_id, decode_ms)
         self._loop.call_soon_threadsafe(self._wake.set)
 
+    # Pull-source events after which the stream sees nothing (an ``ended`` file plays no more).
+    SOURCE_LOST = ("error", "disconnected", "ended")
+    _source_fault: str | None = None  # the source's last reported loss, until it connects again
+
     def source_event(self, kind: str, detail: str = "") -> None:
-        """From a pull source (any thread): a reconnect resets tracker and cache."""
+        """From a pull source (its worker thread). A (re)connect resets tracker
+        and cache and clears the error the source left. Losing the source
+        (``SOURCE_LOST``) leaves the stream blind: ``on_error`` hears it at once,
+        on the event loop (a fault, not an engine error: ``errors`` stays)."""
         self.source_state = kind
         if kind == "connected":
             self.reset(f"source connected {detail}".strip())
-        elif kind in ("error", "disconnected") and detail:
-            self.last_error = f"source: {detail}"
+            if self.last_error is not None and self.last_error == self._source_fault:
+                self.last_error = None
+            self._source_fault = None
+        elif kind in self.SOURCE_LOST:
+            reason = f"source {kind}: {detail}" if detail else f"source {kind}"
+            self.last_error = reason
+            # A dead camera fails every retry alike: one fault per cause, not one per attempt.
+            if reason != self._source_fault:
+                self._source_fault = reason
+                try:
+                    self._loop.call_soon_threadsafe(self._source_lost, reason)
+                except RuntimeError:  # the loop is closed: the service is gone, nobody is left to tell
+                    pass
+
+    def _source_lost(self, reason: str) -> None:
+        if self.on_error is not None:
+            self.on_error(self, reason)
 
     # ----------------------------------------------------------- processing
     async def _run(self) -> None:
@@ -202,9 +227,11 @@ class StreamPipeline:
         inferred = time.time()
         result = await asyncio.to_thread(self._finish, frame, output)
         done = time.time()
+        since_arrival_ms = (time.monotonic() - frame.arrived_mono) * 1000.0
         end_to_end_ms = (done - frame.capture_ts) * 1000.0
         if end_to_end_ms < 0 or end_to_end_ms > 3_600_000:  # camera clock far off: use arrival time
-            end_to_end_ms = (done - frame.received_ts) * 1000.0
+            end_to_end_ms = since_arrival_ms
+        end_to_end_ms = max(end_to_end_ms, since_arrival_ms)
         result["timing"] = {
             "capture_ts": frame.capture_ts,
             "received_ts": frame.received_ts,
@@ -214,6 +241,7 @@ class StreamPipeline:
             "inference_ms": round((inferred - prepared) * 1000.0, 2),
             "postprocess_ms": round((done - inferred) * 1000.0, 2),
             "end_to_end_ms": round(end_to_end_ms, 2),
+            "since_arrival_ms": round(since_arrival_ms, 2),
         }
         self.latency.add(end_to_end_ms)
         self._processed_times.append(done)

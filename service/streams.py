@@ -12,7 +12,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .config import STREAM_ID, LimitSettings, PipelineSettings
+from .config import STREAM_ID, STREAM_ID_RULE, LimitSettings, PipelineSettings, SourceSettings
 from .engines.base import Engine
 from .engines.batching import BatchingEngine
 from .pipeline import StreamPipeline
@@ -42,6 +42,7 @@ class StreamManager:
         on_result=None,
         on_error=None,
         supervisor: Any = None,
+        source_settings: SourceSettings | None = None,
     ) -> None:
         self.engine = engine
         self.batching = batching
@@ -51,6 +52,7 @@ class StreamManager:
         self.on_result = on_result
         self.on_error = on_error
         self.supervisor = supervisor
+        self.source_settings = source_settings or SourceSettings()  # none given: no file source is accepted
         self.pipelines: dict[str, StreamPipeline] = {}
         self.sources: dict[str, PullSource] = {}
         self._lock = asyncio.Lock()
@@ -65,10 +67,8 @@ class StreamManager:
         self, stream_id: str, source: str = PUSH, options: dict[str, Any] | None = None, zones: dict | None = None
     ) -> StreamPipeline:
         options = dict(options or {})
-        if not isinstance(stream_id, str) or not STREAM_ID.match(stream_id):
-            raise StreamError(
-                f"invalid stream id {stream_id!r}: 1-64 letters, digits, '_', '.', '-', starting alphanumeric"
-            )
+        if not isinstance(stream_id, str) or not STREAM_ID.fullmatch(stream_id):
+            raise StreamError(f"invalid stream id {stream_id!r}: {STREAM_ID_RULE}")
         async with self._lock:
             if stream_id in self.pipelines:
                 raise StreamError(f"stream {stream_id!r} already exists", status=409)
@@ -79,16 +79,18 @@ class StreamManager:
                 if options.pop("push_only", None):
                     raise StreamError("option push_only does not apply to pulled sources")
                 try:
-                    spec = parse_source(source, **options)
+                    spec = parse_source(source, options, file_dirs=self.source_settings.file_dirs)
                 except (ValueError, TypeError) as exc:
                     raise StreamError(f"bad source {source!r}: {exc}") from exc
             elif options:
                 raise StreamError(f"push streams take no options, got {sorted(options)}")
+            zone_set = None
             if zones is not None:
-                from .supervisor import ZoneError, validate_zones
+                from .zones import ZoneError, ZoneSet
 
-                try:
-                    validate_zones(zones)
+                validate = self.supervisor.validate_zones if self.supervisor is not None else ZoneSet.from_spec
+                try:  # CPU-bound for large polygons: off the event loop
+                    zone_set = await asyncio.to_thread(validate, zones)
                 except ZoneError as exc:
                     raise StreamError(f"zones: {exc}") from exc
             pipeline = StreamPipeline(
@@ -96,7 +98,7 @@ class StreamManager:
                 self._error,
             )
             if self.supervisor is not None:
-                self.supervisor.add(stream_id, zones)
+                self.supervisor.add(stream_id, zone_set)
             pipeline.start()
             self.pipelines[stream_id] = pipeline
             if spec is not None:

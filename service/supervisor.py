@@ -29,7 +29,7 @@ from pycocotools import mask as mask_utils
 
 from .alerts import SafetyConfig, SafetyState, StreamSafety, Transition
 from .events import EventBus
-from .zones import ZoneError, ZoneSet
+from .zones import MAX_VERTICES, ZoneError, ZoneSet
 
 log = logging.getLogger("cellwatch.safety")
 
@@ -51,16 +51,18 @@ class StreamWatch:
 
 
 class SafetySupervisor:
-    def __init__(self, bus: EventBus, config: SafetyConfig, heartbeat_ms: float = 250.0) -> None:
+    def __init__(self, bus: EventBus, config: SafetyConfig, heartbeat_ms: float = 250.0,
+                 max_zone_vertices: int = MAX_VERTICES) -> None:
         self.bus = bus
         self.config = config
         self.heartbeat_ms = heartbeat_ms
+        self.max_zone_vertices = max_zone_vertices
         self.watches: dict[str, StreamWatch] = {}
         self._task: asyncio.Task | None = None
 
     # ------------------------------------------------------------- streams
-    def add(self, stream_id: str, zones: dict | None = None) -> StreamWatch:
-        zone_set = ZoneSet.from_spec(zones) if zones is not None else None
+    def add(self, stream_id: str, zones: ZoneSet | dict | None = None) -> StreamWatch:
+        zone_set = self.validate_zones(zones) if isinstance(zones, dict) else zones
         watch = StreamWatch(stream_id, self.config, zone_set)
         self.watches[stream_id] = watch
         status = watch.safety.status()
@@ -69,11 +71,26 @@ class SafetySupervisor:
         return watch
 
     def remove(self, stream_id: str) -> None:
-        self.watches.pop(stream_id, None)
+        """Forget a deleted stream: a last ``fault`` event tells live subscribers
+        that it is gone (never silence that could read as CLEAR), then its
+        history is dropped. Its ``seq`` numbering is kept, so an id created
+        again continues after it and never replays the old stream's events."""
+        watch = self.watches.pop(stream_id, None)
+        if watch is None:
+            return
+        self.bus.publish(stream_id, "fault", state=SafetyState.FAULT, latched=watch.safety.latched,
+                         reason="stream deleted", config_crc=watch.config_crc)
+        self.bus.forget(stream_id)
 
-    def set_zones(self, stream_id: str, spec: dict) -> ZoneSet:
-        """Validate and install a zone set (ZoneError: nothing changes)."""
-        zone_set = ZoneSet.from_spec(spec)
+    def validate_zones(self, spec: Any) -> ZoneSet:
+        """A zone spec checked without installing it (ZoneError with the reason).
+        CPU-bound up to O(max_zone_vertices^2): call it off the event loop."""
+        if not isinstance(spec, dict):
+            raise ZoneError("zones must be a JSON object")
+        return ZoneSet.from_spec(spec, self.max_zone_vertices)
+
+    def install_zones(self, stream_id: str, zone_set: ZoneSet) -> ZoneSet:
+        """Put a validated zone set in force for ``stream_id``."""
         self.watches[stream_id].zones = zone_set
         log.info("zones updated", extra={"stream": stream_id, "config_crc": zone_set.crc_hex})
         return zone_set
@@ -85,6 +102,7 @@ class SafetySupervisor:
             return
         persons, zones, observed, causes, unknown = self._place(watch, result)
         capture_ts = result.get("capture_ts")
+        timing = result.get("timing") or {}
         done_ts = time.time()
         crc = watch.config_crc
         self.bus.publish(stream_id, "persons", capture_ts=capture_ts, state=watch.safety.state, latched=watch.safety.latched,
@@ -92,7 +110,10 @@ class SafetySupervisor:
         if unknown:
             transition = watch.safety.fault(unknown)
         else:
-            transition = watch.safety.frame(observed, capture_ts or done_ts, done_ts, "; ".join(causes) or None)
+            # 0 is a capture time like any other (an unset camera clock): never "missing"
+            transition = watch.safety.frame(
+                observed, done_ts if capture_ts is None else capture_ts, done_ts, "; ".join(causes) or None,
+                received_ts=timing.get("received_ts"), since_arrival_ms=timing.get("since_arrival_ms"))
         self._publish(watch, transition, capture_ts)
 
     def on_error(self, stream_id: str, reason: str) -> None:
@@ -185,11 +206,4 @@ class SafetySupervisor:
         return persons, zones, observed, causes, unknown
 
 
-def validate_zones(spec: Any) -> ZoneSet:
-    """A zone spec checked without installing it (ZoneError with the reason)."""
-    if not isinstance(spec, dict):
-        raise ZoneError("zones must be a JSON object")
-    return ZoneSet.from_spec(spec)
-
-
-__all__ = ["SafetySupervisor", "StreamWatch", "ZoneError", "validate_zones"]
+__all__ = ["SafetySupervisor", "StreamWatch", "ZoneError"]

@@ -42,6 +42,11 @@ COLLINEAR_TOLERANCE = 1e-2
 # (metres in a ZoneSet): 5 cm. Pixel noise gives millimetres to a couple of
 # centimetres; a mislabelled or swapped pair gives decimetres to metres.
 REPROJECTION_TOLERANCE = 0.05
+# Most vertices per polygon and most homography pairs, unless the caller says
+# otherwise (``limits.max_zone_vertices``). The self-intersection and layout
+# checks compare every pair (O(n^2) time and memory): 256 keeps one check to
+# milliseconds, while a cell's hazard needs a few dozen points at most.
+MAX_VERTICES = 256
 
 
 class ZoneError(ValueError):
@@ -51,7 +56,11 @@ class ZoneError(ValueError):
 # ---------------------------------------------------------------- homography
 
 
-def _points(value: Any, field: str, minimum: int = 1) -> np.ndarray:
+def _points(value: Any, field: str, minimum: int = 1, maximum: int = MAX_VERTICES) -> np.ndarray:
+    # counted before converting, so an oversized list costs nothing more
+    if isinstance(value, (list, tuple)) and len(value) > maximum:
+        raise ZoneError(f"{field} has {len(value)} points; at most {maximum} are accepted "
+                        "(limits.max_zone_vertices)")
     try:
         points = np.asarray(value, dtype=np.float64)
     except (TypeError, ValueError):
@@ -60,6 +69,9 @@ def _points(value: Any, field: str, minimum: int = 1) -> np.ndarray:
         raise ZoneError(f"{field} must be a list of [x, y] points")
     if len(points) < minimum:
         raise ZoneError(f"{field} needs at least {minimum} points (got {len(points)})")
+    if len(points) > maximum:
+        raise ZoneError(f"{field} has {len(points)} points; at most {maximum} are accepted "
+                        "(limits.max_zone_vertices)")
     bad = np.flatnonzero(~np.isfinite(points).all(axis=1))
     if bad.size:
         raise ZoneError(f"{field}[{bad[0]}] is not a finite point")
@@ -98,7 +110,8 @@ def _apply(matrix: np.ndarray, points: np.ndarray) -> tuple[np.ndarray, np.ndarr
     return homogeneous[:, :2], homogeneous[:, 2]
 
 
-def homography(image_points: Any, floor_points: Any, tolerance: float = REPROJECTION_TOLERANCE) -> np.ndarray:
+def homography(image_points: Any, floor_points: Any, tolerance: float = REPROJECTION_TOLERANCE,
+               max_points: int = MAX_VERTICES) -> np.ndarray:
     """The 3x3 H with floor ~ H @ [x, y, 1], by the normalised DLT (Hartley &
     Zisserman, Alg. 4.2): both point sets normalised, A h = 0 solved by SVD, H
     denormalised. Scaled so H[2, 2] = 1 where the image origin is in front of
@@ -109,8 +122,8 @@ def homography(image_points: Any, floor_points: Any, tolerance: float = REPROJEC
     MAX_SYSTEM_CONDITION, MAX_HOMOGRAPHY_CONDITION), points on both sides of the
     horizon, or a max reprojection error above ``tolerance`` (floor units).
     """
-    image = _points(image_points, "homography.image")
-    floor = _points(floor_points, "homography.floor")
+    image = _points(image_points, "homography.image", maximum=max_points)
+    floor = _points(floor_points, "homography.floor", maximum=max_points)
     if len(image) != len(floor):
         raise ZoneError(f"homography: {len(image)} image points but {len(floor)} floor points; they must pair up")
     if len(image) < 4:
@@ -186,9 +199,10 @@ def _segments_touch(a, b, c, d, eps: float, slack: float) -> np.ndarray:
     return proper | on(a, b, c, d1) | on(a, b, d, d2) | on(c, d, a, d3) | on(c, d, b, d4)
 
 
-def validate_polygon(value: Any, field: str) -> np.ndarray:
-    """A simple polygon [M, 2] (closed implicitly), or ZoneError naming ``field``."""
-    polygon = _points(value, field, minimum=3)
+def validate_polygon(value: Any, field: str, max_vertices: int = MAX_VERTICES) -> np.ndarray:
+    """A simple polygon [M, 2] (closed implicitly, 3 <= M <= ``max_vertices``),
+    or ZoneError naming ``field``."""
+    polygon = _points(value, field, minimum=3, maximum=max_vertices)
     start, end = _edges(polygon)
     repeated = np.flatnonzero((start == end).all(axis=1))
     if repeated.size:
@@ -296,12 +310,12 @@ def _keys(value: Any, field: str, allowed: set[str]) -> dict:
     return value
 
 
-def _ring(value: Any, field: str) -> Ring:
+def _ring(value: Any, field: str, max_vertices: int) -> Ring:
     value = _keys(value, field, {"polygon", "distance"})
     if len(value) != 1:
         raise ZoneError(f"{field} must have exactly one of 'polygon' or 'distance'")
     if "polygon" in value:
-        return Ring(polygon=validate_polygon(value["polygon"], f"{field}.polygon"))
+        return Ring(polygon=validate_polygon(value["polygon"], f"{field}.polygon", max_vertices))
     distance = _number(value["distance"], f"{field}.distance")
     if distance <= 0:
         raise ZoneError(f"{field}.distance must be > 0 (got {distance:g})")
@@ -333,7 +347,9 @@ class ZoneSet:
         self.crc_hex = f"{self.crc:08x}"
 
     @classmethod
-    def from_spec(cls, spec: Any) -> ZoneSet:
+    def from_spec(cls, spec: Any, max_vertices: int = MAX_VERTICES) -> ZoneSet:
+        """Validate ``spec``; every polygon and the homography hold at most
+        ``max_vertices`` points, which bounds the O(n^2) checks."""
         spec = _keys(spec, "spec", {"units", "homography", "hazard", "protective", "warning"})
         units = spec.get("units")
         if units not in UNITS:
@@ -346,15 +362,16 @@ class ZoneSet:
             for name in ("image", "floor"):
                 if name not in pairs:
                     raise ZoneError(f"homography.{name} is required")
-            matrix = homography(pairs["image"], pairs["floor"])
-            calibration = {name: _points(pairs[name], f"homography.{name}").tolist() for name in ("image", "floor")}
+            matrix = homography(pairs["image"], pairs["floor"], max_points=max_vertices)
+            calibration = {name: _points(pairs[name], f"homography.{name}", maximum=max_vertices).tolist()
+                           for name in ("image", "floor")}
         elif "homography" in spec:
             raise ZoneError("homography is only allowed when units is 'metres'")
         if "hazard" not in spec:
             raise ZoneError("hazard is required")
-        hazard = validate_polygon(spec["hazard"], "hazard")
-        protective = _ring(spec["protective"], "protective") if "protective" in spec else None
-        warning = _ring(spec["warning"], "warning") if "warning" in spec else None
+        hazard = validate_polygon(spec["hazard"], "hazard", max_vertices)
+        protective = _ring(spec["protective"], "protective", max_vertices) if "protective" in spec else None
+        warning = _ring(spec["warning"], "warning", max_vertices) if "warning" in spec else None
         return cls(units, hazard, protective, warning, matrix, calibration)
 
     def _check_nesting(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 
 import pytest
@@ -388,3 +389,86 @@ def test_random_schedule_invariants(seed):
             assert action < 0.7 or action >= 0.9
             assert cell.clock.now - last_frame <= 0.5
     assert len(cell.transitions) > 20
+
+
+# ---------------------------------------------------------------- camera clocks
+# The deadline once compared only the camera's capture time with the service's
+# clock: a camera clock ahead made every frame look early, and capture_ts 0 was
+# read as "missing". Both switched the deadline fault off.
+
+
+def _frame_at(cell: Cell, capture_ts: float, since_arrival_ms: float | None = None, received_ts: float | None = None):
+    cell.clock.advance(FRAME_S)
+    return cell._keep(cell.safety.frame(CLEAR, capture_ts=capture_ts, done_ts=cell.clock.now,
+                                        received_ts=received_ts, since_arrival_ms=since_arrival_ms))
+
+
+def test_a_camera_clock_ahead_is_a_fault_not_an_early_frame():
+    cell = running(deadline_ms=300, clock_ahead_ms=500)
+    transition = _frame_at(cell, capture_ts=cell.clock.now + 60.0, since_arrival_ms=50)
+    assert cell.state is FAULT and "clock ahead" in transition.reason
+    # a little ahead (NTP jitter) is tolerated while the frame is on time
+    cell = running(deadline_ms=300, clock_ahead_ms=500)
+    assert _frame_at(cell, capture_ts=cell.clock.now + 0.2, since_arrival_ms=50) is None
+    assert cell.state is CLEAR
+
+
+@pytest.mark.parametrize("capture_ts", [0.0, -1.0])
+def test_a_capture_time_of_zero_is_not_missing_but_untrustworthy(capture_ts):
+    cell = running(deadline_ms=300)
+    transition = _frame_at(cell, capture_ts=capture_ts, since_arrival_ms=50)
+    assert cell.state is FAULT and "not a clock reading" in transition.reason
+
+
+def test_lateness_is_the_worse_of_capture_and_arrival():
+    # the camera says the frame is 100 ms old, but it arrived 380 ms ago on the
+    # service's own monotonic clock: late for a 300 ms deadline
+    cell = running(deadline_ms=300)
+    transition = _frame_at(cell, capture_ts=cell.clock.now - 0.1, since_arrival_ms=380)
+    assert cell.state is FAULT and "380 ms" in transition.reason
+    # and the other way round: arrived recently, captured long ago
+    cell = running(deadline_ms=300)
+    _frame_at(cell, capture_ts=cell.clock.now - 2.0, since_arrival_ms=20)
+    assert cell.state is FAULT
+
+
+def test_the_clock_check_uses_the_arrival_time_when_given():
+    cell = running(clock_ahead_ms=500)
+    # done 0.6 s after arrival; capture 0.3 s after arrival: within the limit
+    arrival = cell.clock.now + FRAME_S - 0.6
+    assert _frame_at(cell, capture_ts=arrival + 0.3, since_arrival_ms=600, received_ts=arrival) is None
+    cell = running(clock_ahead_ms=500)
+    arrival = cell.clock.now + FRAME_S - 0.1
+    transition = _frame_at(cell, capture_ts=arrival + 0.7, since_arrival_ms=100, received_ts=arrival)
+    assert cell.state is FAULT and "clock ahead" in transition.reason
+
+
+@pytest.mark.parametrize("field,value", [
+    ("watchdog_ms", math.inf), ("watchdog_ms", 1e308), ("watchdog_ms", math.nan), ("watchdog_ms", 0),
+    ("deadline_ms", math.inf), ("clear_ms", math.inf), ("auto_reset_s", math.inf), ("clock_ahead_ms", math.inf),
+    ("deadline_ms", 1e9),
+])
+def test_safety_timings_must_be_finite_and_bounded(field, value):
+    with pytest.raises(ValueError, match=field):
+        SafetyConfig(**{field: value})
+
+
+def test_frames_that_arrived_before_a_fault_do_not_clear_it():
+    # a source is lost while two frames are still in flight: their results must not
+    # count as the fault's absence, however low clear_frames is
+    cell = running(clear_frames=1, clear_ms=0)
+    cell.clock.advance(0.05)
+    lost_at = cell.clock.now
+    cell.fault("source disconnected: connection reset")
+    for _ in range(2):
+        cell.clock.advance(0.1)
+        arrived_ms = (cell.clock.now - (lost_at - 0.01)) * 1000
+        cell._keep(cell.safety.frame(CLEAR, capture_ts=cell.clock.now - 0.3, done_ts=cell.clock.now,
+                                     since_arrival_ms=arrived_ms))
+        assert cell.state is FAULT
+    assert cell.safety.reset_blocker() == "the latest frame or input was faulty"
+    # a frame that arrived after the fault clears it
+    cell.clock.advance(0.1)
+    transition = cell._keep(cell.safety.frame(CLEAR, capture_ts=cell.clock.now - 0.05, done_ts=cell.clock.now,
+                                              since_arrival_ms=50))
+    assert transition is not None and cell.state is CLEAR

@@ -497,11 +497,13 @@ def test_runtime_requirements_cover_what_the_service_imports() -> None:
 # ---------------------------------------------------------------------- example config
 def test_example_config_has_the_documented_shape() -> None:
     config = yaml.safe_load(EXAMPLE_CONFIG.read_text())
-    assert set(config) == {"server", "model", "limits", "batching", "streams"}
+    assert {"server", "model", "limits", "batching", "safety", "streams"} <= set(config)
     assert config["server"] == {"host": "0.0.0.0", "port": 8080}
     assert config["model"]["engine"] == "onnxruntime" and set(config["model"]) == {"engine", "path", "threads"}
     assert PurePosixPath(config["model"]["path"]).is_absolute() and config["model"]["path"].endswith(".onnx")
-    assert set(config["limits"]) == {"max_frame_bytes", "max_pixels", "max_side", "max_streams"}
+    assert set(config["limits"]) == {"max_frame_bytes", "max_pixels", "max_side", "max_streams", "max_json_bytes",
+                                     "max_zone_vertices"}
+    assert {"watchdog_ms", "deadline_ms", "clock_ahead_ms"} <= set(config["safety"])
     assert set(config["batching"]) == {"max_batch", "max_wait_ms"}
     ids = [s["id"] for s in config["streams"]]
     assert len(ids) == len(set(ids)) <= config["limits"]["max_streams"]
