@@ -1,5 +1,7 @@
-"""Reading MJPEG over HTTP: the parts of a ``multipart/x-mixed-replace`` body.
+"""Reading MJPEG over HTTP: the request and the parts of a ``multipart/x-mixed-replace`` body.
 
+``mjpeg_connection`` and ``request_mjpeg`` open the HTTP(S) connection and
+send the GET (Basic auth from the URL's user info), checking the answer;
 ``parse_boundary`` reads the boundary from the response's Content-Type;
 ``MultipartReader`` yields each part's headers and bytes, bounded in size;
 ``part_timestamp`` takes a part's capture time from its timestamp header.
@@ -9,9 +11,12 @@ module needs nothing from the worker that uses it.
 
 from __future__ import annotations
 
+import base64
+import http.client
 import math
 from collections.abc import Iterator
 from typing import BinaryIO
+from urllib.parse import unquote, urlsplit
 
 MAX_PART_BYTES = 32 * 2**20
 MAX_HEADER_LINE = 8192
@@ -26,6 +31,26 @@ class SourceError(RuntimeError):
     """A source could not be opened or read; the message says why."""
 
 
+def mjpeg_connection(url: str, timeout_s: float) -> http.client.HTTPConnection:
+    """An unopened HTTP(S) connection to ``url``'s host; every socket operation times out after ``timeout_s``."""
+    parts = urlsplit(url)
+    connection_type = http.client.HTTPSConnection if parts.scheme.lower() == "https" else http.client.HTTPConnection
+    return connection_type(parts.hostname, parts.port, timeout=timeout_s)
+
+
+def request_mjpeg(connection: http.client.HTTPConnection, url: str) -> tuple[http.client.HTTPResponse, bytes]:
+    """GET ``url`` on ``connection``: the response and its multipart boundary (SourceError when it is no MJPEG)."""
+    parts = urlsplit(url)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    headers = {"Accept": "multipart/x-mixed-replace, */*", "User-Agent": "cellwatch"}
+    if parts.username is not None:
+        userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
+        headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
+    connection.request("GET", target, headers=headers)
+    response = connection.getresponse()
+    if response.status != 200:
+        raise SourceError(f"HTTP {response.status} {response.reason}".strip())
+    return response, parse_boundary(response.getheader("Content-Type", ""))
 
 
 def parse_boundary(content_type: str) -> bytes:

@@ -1,8 +1,11 @@
 """Pulled video sources: RTSP, HTTP(S) MJPEG and files, each in its own thread.
 
 ``parse_source`` turns a stream's ``source`` URL and options into a validated
-``SourceSpec``; ``PullSource`` runs one worker thread per stream that opens
-the source, reads frames and hands each to ``on_frame(frame_bgr, capture_ts)``.
+``SourceSpec``: every option within finite bounds (the ``MAX_*`` constants),
+and a file only from inside the configured directories (``sources.file_dirs``),
+so that no client can make the service open /etc/passwd or any other file it
+may read. ``PullSource`` runs one worker thread per stream that opens the
+source, reads frames and hands each to ``on_frame(frame_bgr, capture_ts)``.
 What happens to the source is reported through ``on_event(kind, detail)``:
 
 - ``connected``: after every (re)connect, and after a looped file rewinds, so
@@ -18,9 +21,9 @@ Live sources (RTSP, HTTP) never end: whatever stops them is retried, from
 restarts after a connection that delivered a frame. RTSP and files go through
 ``cv2.VideoCapture`` (FFmpeg backend; RTSP transport options can be set with
 ``OPENCV_FFMPEG_CAPTURE_OPTIONS``, e.g. ``rtsp_transport;tcp``). HTTP MJPEG is
-read by ``service.mjpeg.MultipartReader``, on ``http.client``: a part whose image does
-not decode is counted (``bad_parts``) and skipped; a broken multipart
-structure ends the connection, which is then retried.
+requested and split into parts by ``service.mjpeg``, on ``http.client``: a
+part whose image does not decode is counted (``bad_parts``) and skipped; a
+broken multipart structure ends the connection, which is then retried.
 
 ``stop()`` returns promptly: waits are on an event, an HTTP socket is shut
 down under a blocked read, and a cv2 capture (which cannot be interrupted) is
@@ -29,7 +32,6 @@ bounded by ``read_timeout_s`` and released by its own thread.
 
 from __future__ import annotations
 
-import base64
 import http.client
 import logging
 import math
@@ -37,18 +39,19 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import cv2
 import numpy as np
 
-from .mjpeg import MultipartReader, SourceError, parse_boundary, part_timestamp
+from .mjpeg import MultipartReader, SourceError, mjpeg_connection, parse_boundary, part_timestamp, request_mjpeg
 
-__all__ = ["MultipartReader", "PullSource", "SourceError", "SourceSpec", "backoff_delay", "parse_boundary",
-           "parse_source"]
+__all__ = ["MultipartReader", "PullSource", "SourceError", "SourceSpec", "allowed_file", "backoff_delay",
+           "parse_boundary", "parse_source"]
 
 log = logging.getLogger("cellwatch.sources")
 
@@ -60,8 +63,22 @@ DEFAULT_FILE_FPS = 25.0  # when a file does not say its frame rate
 
 
 # --------------------------------------------------------------------- spec
+# Bounds of the source options. Each is finite: a huge timing overflows the
+# millisecond timeouts handed to FFmpeg (the worker dies) or the waits of the
+# worker, and a stream that waits hours to notice or retry a lost camera is as
+# good as unwatched.
+MAX_READ_TIMEOUT_S = 300.0  # a read blocked longer is a lost camera; the watchdog said FAULT long before
+MIN_RECONNECT_S = 0.01  # faster retries are a busy loop against a dead camera
+MAX_RECONNECT_INITIAL_S = 60.0  # the first retry after a loss comes within a minute
+MAX_RECONNECT_S = 3600.0  # a lost camera is retried at least every hour, never given up
+MAX_FPS = 1000.0  # no camera or file plays faster (0 = as fast as frames decode)
+
+
 @dataclass(frozen=True)
 class SourceSpec:
+    """A validated source. Build it with ``parse_source``: a spec made by hand
+    skips the ``file_dirs`` check. For files ``url`` is the resolved real path."""
+
     url: str
     loop: bool = False
     fps: float | None = None
@@ -70,15 +87,16 @@ class SourceSpec:
     read_timeout_s: float = 5.0
 
     def __post_init__(self) -> None:
-        if self.fps is not None and (not math.isfinite(self.fps) or self.fps < 0):
-            raise ValueError(f"fps must be >= 0 (0 = as fast as possible) or unset, got {self.fps!r}")
-        if not (0 < self.reconnect_initial_s <= self.reconnect_max_s) or not math.isfinite(self.reconnect_max_s):
+        if self.fps is not None:
+            _check_range("fps", self.fps, 0.0, MAX_FPS, "0 = as fast as possible; unset = the file's own rate")
+        _check_range("read_timeout_s", self.read_timeout_s, 0.0, MAX_READ_TIMEOUT_S, low_open=True)
+        _check_range("reconnect_initial_s", self.reconnect_initial_s, MIN_RECONNECT_S, MAX_RECONNECT_INITIAL_S)
+        _check_range("reconnect_max_s", self.reconnect_max_s, MIN_RECONNECT_S, MAX_RECONNECT_S)
+        if self.reconnect_initial_s > self.reconnect_max_s:
             raise ValueError(
-                "need 0 < reconnect_initial_s <= reconnect_max_s, got "
+                "need reconnect_initial_s <= reconnect_max_s, got "
                 f"{self.reconnect_initial_s!r} and {self.reconnect_max_s!r}"
             )
-        if not (0 < self.read_timeout_s < math.inf):
-            raise ValueError(f"read_timeout_s must be > 0, got {self.read_timeout_s!r}")
 
     @property
     def kind(self) -> str:
@@ -92,11 +110,28 @@ class SourceSpec:
         return unquote(parts.path) if parts.scheme.lower() == "file" else self.url
 
 
-def parse_source(url: str, **options) -> SourceSpec:
-    """Validate a source URL and its options; ValueError says what is wrong."""
+def _check_range(name: str, value: float, low: float, high: float, note: str = "", low_open: bool = False) -> None:
+    inside = math.isfinite(value) and (low < value if low_open else low <= value) and value <= high
+    if not inside:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+        raise ValueError(f"{name} must be a finite number in {interval}{f' ({note})' if note else ''}, got {value!r}")
+
+
+def parse_source(
+    url: str, options: Mapping[str, Any] | None = None, *, file_dirs: Iterable[str | Path] = ()
+) -> SourceSpec:
+    """Validate a source URL and its options; ValueError says what is wrong.
+
+    A file (a path or a ``file://`` URL) is accepted only when its real path,
+    symlinks and ``..`` resolved, lies inside one of ``file_dirs`` (resolved
+    the same way); with none, no file is. The spec then names the resolved
+    file, so the worker opens what was checked. ``file_dirs`` is a separate
+    argument so that no option sent by a client can widen it.
+    """
     if not isinstance(url, str) or not url.strip():
         raise ValueError("a source URL is required: rtsp://..., http(s)://... (MJPEG), file:///path or a path")
     url = url.strip()
+    options = dict(options or {})
     allowed = {f.name for f in fields(SourceSpec)} - {"url"}
     unknown = sorted(set(options) - allowed)
     if unknown:
@@ -111,7 +146,11 @@ def parse_source(url: str, **options) -> SourceSpec:
         elif isinstance(value, bool) or not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number, got {value!r}")
         else:
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:  # an integer beyond any float: JSON allows one
+                bits = value.bit_length()
+                raise ValueError(f"{name} must be a finite number, got an integer of {bits} bits") from None
         values[name] = value
 
     parts = urlsplit(url)
@@ -133,11 +172,34 @@ def parse_source(url: str, **options) -> SourceSpec:
         raise ValueError(
             f"unsupported source scheme {scheme!r}: use rtsp://, http(s):// (MJPEG), file:///path or a plain path"
         )
-    if not path.exists():
+    # Checked before the file's existence, so that a refused path tells nothing about what is there.
+    real = allowed_file(path, file_dirs)
+    if not real.exists():
         raise ValueError(f"video file {str(path)!r} does not exist")
-    if not path.is_file():
+    if not real.is_file():
         raise ValueError(f"video source {str(path)!r} is not a file")
-    return SourceSpec(url, **values)
+    return SourceSpec(str(real), **values)
+
+
+def allowed_file(path: str | Path, file_dirs: Iterable[str | Path]) -> Path:
+    """``path``'s real path if it lies inside one of ``file_dirs``, else ValueError."""
+    real = _real_path(path)
+    roots = [_real_path(d) for d in file_dirs]
+    if any(real.is_relative_to(root) for root in roots):
+        return real
+    shown = repr(str(path)) + (f" (resolved: {str(real)!r})" if str(real) != str(path) else "")
+    listed = ", ".join(repr(str(root)) for root in roots) or "none configured"
+    raise ValueError(
+        f"file source {shown} is outside sources.file_dirs ({listed}); "
+        "to play it, add its directory to sources.file_dirs in the configuration"
+    )
+
+
+def _real_path(path: str | Path) -> Path:
+    try:
+        return Path(path).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop: RuntimeError before Python 3.13, OSError since
+        raise ValueError(f"path {str(path)!r} cannot be resolved: {exc}") from None
 
 
 def redact(url: str) -> str:
@@ -296,7 +358,7 @@ class PullSource:
         fps = self.spec.fps
         if fps is None:
             fps = capture.get(cv2.CAP_PROP_FPS)
-            if not (math.isfinite(fps) and 0 < fps <= 1000):
+            if not (math.isfinite(fps) and 0 < fps <= MAX_FPS):
                 fps = DEFAULT_FILE_FPS
         period = 1.0 / fps if fps > 0 else 0.0
         count = 0
@@ -331,26 +393,14 @@ class PullSource:
             capture.release()
 
     def _session_http(self) -> str:
-        parts = urlsplit(self.spec.url)
-        https = parts.scheme.lower() == "https"
-        connection_type = http.client.HTTPSConnection if https else http.client.HTTPConnection
-        connection = connection_type(parts.hostname, parts.port, timeout=self.spec.read_timeout_s)
+        connection = mjpeg_connection(self.spec.url, self.spec.read_timeout_s)
         try:
             connection.connect()
             with self._lock:
                 self._socket = connection.sock
             if self._stop.is_set():  # stop() ran before the socket was registered
                 return "stopped"
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            headers = {"Accept": "multipart/x-mixed-replace, */*", "User-Agent": "cellwatch"}
-            if parts.username is not None:
-                userinfo = f"{unquote(parts.username)}:{unquote(parts.password or '')}"
-                headers["Authorization"] = "Basic " + base64.b64encode(userinfo.encode()).decode("ascii")
-            connection.request("GET", target, headers=headers)
-            response = connection.getresponse()
-            if response.status != 200:
-                raise SourceError(f"HTTP {response.status} {response.reason}".strip())
-            boundary = parse_boundary(response.getheader("Content-Type", ""))
+            response, boundary = request_mjpeg(connection, self.spec.url)
             self._mark_connected(redact(self.spec.url))
             for part_headers, body in MultipartReader(response, boundary).parts():
                 now = time.time()

@@ -53,7 +53,10 @@ def service(lite_onnx, tmp_path):
     log = open(tmp_path / "serve.log", "w+")
     process = subprocess.Popen(
         [sys.executable, "-m", "service.cli", "serve", "--model", str(lite_onnx), "--port", str(port), "--threads", "2"],
-        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+        # file sources play only from sources.file_dirs: here vtest.avi's directory
+        env={**os.environ, "PYTHONUNBUFFERED": "1",
+             "CELLWATCH_SOURCES__FILE_DIRS": json.dumps([str(VTEST.parent)])},
     )
     client = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30)
     try:
@@ -82,6 +85,8 @@ def test_serve_runs_lite_on_pushed_and_pulled_streams_and_shuts_down_cleanly(ser
     assert client.post("/v1/streams", json={"id": "cam"}).status_code == 201
     assert client.post("/v1/streams", json={"id": "file", "source": str(VTEST), "options": {"loop": True}}).status_code == 201
     assert client.post("/v1/streams", json={"id": "mjpeg", "source": camera.url}).status_code == 201
+    outside = client.post("/v1/streams", json={"id": "passwd", "source": "/etc/passwd"})
+    assert outside.status_code == 422 and "outside sources.file_dirs" in outside.json()["detail"]
 
     # a camera pushing at its real frame rate, as deploy/camera_sim.py does in compose
     sim = subprocess.run(
@@ -109,6 +114,11 @@ def test_serve_runs_lite_on_pushed_and_pulled_streams_and_shuts_down_cleanly(ser
     camera.stop()
     _wait(lambda: client.get("/v1/streams/mjpeg").json()["source_state"] in ("disconnected", "reconnecting", "error"),
           30, "the MJPEG stream to notice the camera is gone")
+    # ... and says so at once: a fault event, the stream's state FAULT
+    faults = _wait(lambda: [e for e in client.get("/v1/streams/mjpeg/events", params={"limit": 1000}).json()["events"]
+                            if e["type"] == "fault"], 10, "a fault event for the lost camera")
+    assert faults[0]["reason"].startswith("source ") and faults[0]["state"] == "FAULT"
+    assert client.get("/v1/streams/mjpeg").json()["safety"]["state"] == "FAULT"
     file_before = processed("file")
     resets_before = client.get("/v1/streams/mjpeg").json()["resets"]
     camera = MjpegServer(mjpeg_frames, port=mjpeg_port, interval=0.1)
@@ -117,6 +127,7 @@ def test_serve_runs_lite_on_pushed_and_pulled_streams_and_shuts_down_cleanly(ser
               "the MJPEG stream to reconnect (a reconnect resets tracker and cache)")
         mjpeg_after = processed("mjpeg")
         _wait(lambda: processed("mjpeg") > mjpeg_after, 60, "frames after the reconnect")
+        assert client.get("/v1/streams/mjpeg").json()["last_error"] is None
         _wait(lambda: processed("file") > file_before, 60, "the file stream to keep going")
     finally:
         camera.stop()

@@ -11,6 +11,7 @@ import importlib.util
 import io
 import json
 import random
+import re
 import socket
 import struct
 import sys
@@ -38,6 +39,7 @@ from service.sources import (
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 needs_vtest = pytest.mark.skipif(not VTEST.exists(), reason=f"{VTEST} (package opencv-doc) is not installed")
 REPO = Path(__file__).resolve().parents[2]
+VIDEOS = [VTEST.parent]  # sources.file_dirs for vtest.avi
 
 
 def wait_until(predicate, timeout: float, what: str):
@@ -119,10 +121,11 @@ def free_port() -> int:
 def test_parse_source_accepts_schemes_and_rejects_clearly(tmp_path):
     clip = tmp_path / "clip.avi"
     clip.write_bytes(b"x")
-    assert parse_source(str(clip)).kind == "file"
-    spec = parse_source(f"file://{clip}", loop=True, fps=0)
-    assert (spec.kind, spec.path, spec.loop, spec.fps) == ("file", str(clip), True, 0.0)
-    assert parse_source("rtsp://user:pw@10.0.0.2:554/s1", reconnect_max_s=3).kind == "rtsp"
+    dirs = [tmp_path]
+    assert parse_source(str(clip), file_dirs=dirs).kind == "file"
+    spec = parse_source(f"file://{clip}", {"loop": True, "fps": 0}, file_dirs=dirs)
+    assert (spec.kind, spec.path, spec.loop, spec.fps) == ("file", str(clip.resolve()), True, 0.0)
+    assert parse_source("rtsp://user:pw@10.0.0.2:554/s1", {"reconnect_max_s": 3}).kind == "rtsp"
     assert parse_source("https://cam.local/mjpg").kind == "http"
 
     for url, options, message in [
@@ -132,13 +135,14 @@ def test_parse_source_accepts_schemes_and_rejects_clearly(tmp_path):
         ("http:///nohost", {}, "has no host"),
         ("rtsp://cam/s", {"loop": True}, "file sources only"),
         ("rtsp://cam/s", {"bogus": 1}, "unknown source option"),
+        ("rtsp://cam/s", {"file_dirs": ["/"]}, "unknown source option"),  # no option widens file_dirs
         ("rtsp://cam/s", {"reconnect_initial_s": 5, "reconnect_max_s": 1}, "reconnect_initial_s <= reconnect_max_s"),
-        (str(clip), {"fps": -1}, "fps must be >= 0"),
+        (str(clip), {"fps": -1}, "fps must be a finite number in [0, 1000]"),
         (str(clip), {"loop": "yes"}, "loop must be true or false"),
         ("", {}, "source URL is required"),
     ]:
-        with pytest.raises(ValueError, match=message.replace("(", r"\(")):
-            parse_source(url, **options)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            parse_source(url, options, file_dirs=dirs)
 
 
 # ------------------------------------------------------------------ files
@@ -146,7 +150,8 @@ def test_parse_source_accepts_schemes_and_rejects_clearly(tmp_path):
 def test_file_source_delivers_real_frames_then_ended(vtest_frames):
     expected_count = int(cv2.VideoCapture(str(VTEST)).get(cv2.CAP_PROP_FRAME_COUNT))
     recorder = Recorder(keep=len(vtest_frames))
-    source = PullSource("file", parse_source(str(VTEST), fps=0), recorder.on_frame, recorder.on_event)
+    spec = parse_source(str(VTEST), {"fps": 0}, file_dirs=VIDEOS)
+    source = PullSource("file", spec, recorder.on_frame, recorder.on_event)
     started = time.time()
     source.start()
     try:
@@ -165,7 +170,7 @@ def test_file_source_delivers_real_frames_then_ended(vtest_frames):
 @needs_vtest
 def test_file_source_is_paced_at_the_files_frame_rate():
     recorder = Recorder(keep=0)
-    source = PullSource("paced", parse_source(str(VTEST)), recorder.on_frame, recorder.on_event)
+    source = PullSource("paced", parse_source(str(VTEST), file_dirs=VIDEOS), recorder.on_frame, recorder.on_event)
     source.start()
     try:
         wait_until(lambda: recorder.count >= 6, 5, "6 frames at 10 fps")
@@ -188,7 +193,8 @@ def test_file_source_loops_past_the_end_and_ends_without_loop(tmp_path, vtest_fr
     writer.release()
 
     looped = Recorder(keep=15)
-    source = PullSource("loop", parse_source(str(clip), loop=True, fps=0), looped.on_frame, looped.on_event)
+    spec = parse_source(str(clip), {"loop": True, "fps": 0}, file_dirs=[tmp_path])
+    source = PullSource("loop", spec, looped.on_frame, looped.on_event)
     source.start()
     try:
         wait_until(lambda: looped.count >= 17, 10, "more than three passes over a 5-frame clip")
@@ -201,7 +207,8 @@ def test_file_source_loops_past_the_end_and_ends_without_loop(tmp_path, vtest_fr
     assert looped.frames[0].shape == (144, 192, 3)
 
     once = Recorder()
-    source = PullSource("once", parse_source(str(clip), fps=0), once.on_frame, once.on_event)
+    spec = parse_source(str(clip), {"fps": 0}, file_dirs=[tmp_path])
+    source = PullSource("once", spec, once.on_frame, once.on_event)
     source.start()
     try:
         wait_until(lambda: "ended" in once.kinds(), 10, "the end of the clip")
@@ -269,8 +276,8 @@ def test_mjpeg_source_reconnects_and_other_streams_keep_flowing(vtest_jpegs):
     server_a, server_b = MjpegServer(parts), MjpegServer(parts)
     a, b = Recorder(keep=4), Recorder(keep=4)
     options = {"reconnect_initial_s": 0.1, "reconnect_max_s": 0.4, "read_timeout_s": 2}
-    source_a = PullSource("a", parse_source(server_a.url, **options), a.on_frame, a.on_event)
-    source_b = PullSource("b", parse_source(server_b.url, **options), b.on_frame, b.on_event)
+    source_a = PullSource("a", parse_source(server_a.url, options), a.on_frame, a.on_event)
+    source_b = PullSource("b", parse_source(server_b.url, options), b.on_frame, b.on_event)
     source_a.start()
     source_b.start()
     try:
@@ -318,7 +325,7 @@ def test_mjpeg_corrupt_parts_are_skipped_and_counted(vtest_jpegs):
     ]
     server = MjpegServer(parts, repeat=False, interval=0.005)
     recorder = Recorder()
-    spec = parse_source(server.url, reconnect_initial_s=5, reconnect_max_s=5)
+    spec = parse_source(server.url, {"reconnect_initial_s": 5, "reconnect_max_s": 5})
     source = PullSource("corrupt", spec, recorder.on_frame, recorder.on_event)
     started = time.time()
     source.start()
@@ -392,7 +399,7 @@ def test_backoff_grows_with_jitter_and_is_capped():
 def test_unreachable_source_retries_on_schedule_and_stops_promptly(scheme):
     url = f"{scheme}://127.0.0.1:{free_port()}/stream"
     recorder = Recorder()
-    spec = parse_source(url, reconnect_initial_s=0.05, reconnect_max_s=0.4, read_timeout_s=2)
+    spec = parse_source(url, {"reconnect_initial_s": 0.05, "reconnect_max_s": 0.4, "read_timeout_s": 2})
     source = PullSource("gone", spec, recorder.on_frame, recorder.on_event, rng=random.Random(5))
     source.start()
     try:
@@ -419,7 +426,7 @@ def test_stop_returns_while_blocked_on_a_read():
     with socket.create_server(("127.0.0.1", 0)) as listener:
         listener.settimeout(5)
         recorder = Recorder()
-        spec = parse_source(f"http://127.0.0.1:{listener.getsockname()[1]}/mjpg", read_timeout_s=30)
+        spec = parse_source(f"http://127.0.0.1:{listener.getsockname()[1]}/mjpg", {"read_timeout_s": 30})
         source = PullSource("silent", spec, recorder.on_frame, recorder.on_event)
         source.start()
         connection, _ = listener.accept()
