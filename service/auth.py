@@ -30,6 +30,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -334,12 +335,21 @@ def check_bind(host: str, auth_enabled: bool) -> None:
 _RECORD_FIELDS = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime", "taskName"}
 
 
+# The value of a ``token`` query parameter (``access_token`` too), up to the
+# next parameter, space, quote or the end. Tokens a client sends in the URL
+# are scrubbed whether configured or not: a wrong one is often a real secret
+# of another cell or a typo of this one's, and uvicorn logs every URL.
+_TOKEN_PARAMETER = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+
+
 class RedactTokens(logging.Filter):
-    """Replaces configured tokens (also URL-encoded) in log records with ``***``.
+    """Replaces configured tokens (also URL-encoded) and the value of every
+    ``token=`` query parameter in log records with ``***``.
 
     Add it to the handlers (``handler.addFilter``), not a logger: a logger's
     filters do not see records propagated from its children (uvicorn.access).
-    The message is formatted here, so ``record.args`` is cleared.
+    A message that needed scrubbing is formatted here, so its ``record.args``
+    is cleared; other records pass unchanged.
     """
 
     def __init__(self, tokens: Iterable[str | SecretStr]) -> None:
@@ -358,13 +368,19 @@ class RedactTokens(logging.Filter):
     def redact(self, text: str) -> str:
         for form in self._forms:
             text = text.replace(form, "***")
-        return text
+        return _TOKEN_PARAMETER.sub(r"\1***", text)
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if not self._forms:
-            return True
-        record.msg = self.redact(record.getMessage())
-        record.args = None
+        try:
+            message = record.getMessage()
+            redacted = self.redact(message)
+        except Exception:  # noqa: BLE001 - a filter must not raise into the code that logs
+            # Arguments that do not format: logging's error report would print
+            # them raw, so only the scrubbed msg is kept.
+            message, redacted = None, self.redact(f"{record.msg} (log arguments hidden: they did not format)")
+        if redacted != message:
+            record.msg = redacted
+            record.args = None
         for key, value in list(vars(record).items()):
             if key not in _RECORD_FIELDS and not key.startswith("_") and isinstance(value, str):
                 setattr(record, key, self.redact(value))
@@ -380,3 +396,13 @@ class RedactTokens(logging.Filter):
         elif record.exc_text:
             record.exc_text = self.redact(record.exc_text)
         return True
+
+
+def install_log_redaction(auth: Authenticator, handlers: Iterable[logging.Handler] | None = None) -> RedactTokens:
+    """Adds ``auth``'s redactor to ``handlers`` (default: the root logger's,
+    where ``logs.configure`` puts every record), with or without configured
+    tokens: ``token=`` query parameters are scrubbed either way."""
+    redactor = auth.redactor()
+    for handler in logging.getLogger().handlers if handlers is None else handlers:
+        handler.addFilter(redactor)
+    return redactor

@@ -59,7 +59,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     from . import logs
     from .app import create_app
-    from .auth import Authenticator, check_bind
+    from .auth import Authenticator, check_bind, install_log_redaction
 
     auth = Authenticator(settings.auth)
     try:
@@ -67,9 +67,10 @@ def _serve(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"cellwatch serve: {exc}", file=sys.stderr)
         return 2
-    logs.configure(settings.server.log_level)
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(auth.redactor())  # tokens never reach the log
+    # Native libraries (libjpeg in OpenCV, ONNX Runtime) print to fd 2: capture
+    # it, or their plain text breaks the one-JSON-object-per-line stderr.
+    logs.configure(settings.server.log_level, capture_native=True)
+    install_log_redaction(auth)  # tokens never reach the log, configured or sent in a URL
     logging.getLogger("cellwatch.cli").info(
         "model", extra={"path": settings.model.path, "engine": settings.model.engine,
                         "source": "shipped (no --model given)" if shipped else "configured"})

@@ -9,6 +9,8 @@ token ever shows up in a repr, an error or a log line.
 from __future__ import annotations
 
 import hmac
+import io
+import json
 import logging
 import warnings
 from urllib.parse import quote
@@ -31,6 +33,7 @@ from service.auth import (
     TokenEntry,
     authorize_websocket,
     check_bind,
+    install_log_redaction,
     require,
 )
 from service.logs import JsonFormatter
@@ -351,3 +354,62 @@ def test_refusals_are_logged_with_names_not_tokens(client, caplog):
 def test_redaction_prefers_the_longest_token():
     redactor = RedactTokens(["a" * 16, "a" * 16 + "-longer"])
     assert redactor.redact("x " + "a" * 16 + "-longer y") == "x *** y"
+
+
+def _access_record(path: str) -> logging.LogRecord:
+    """A record shaped like uvicorn.access's for a request to ``path``."""
+    return logging.LogRecord("uvicorn.access", logging.INFO, "h11_impl.py", 1, '%s - "%s %s HTTP/%s" %d',
+                             ("127.0.0.1:50000", "GET", path, "1.1", 403), None)
+
+
+def test_token_query_parameters_are_redacted_without_configured_tokens():
+    # With no tokens configured a wrong token in a URL is still someone's secret.
+    redactor = Authenticator(AuthSettings()).redactor()
+    record = _access_record("/v1/alerts?token=wrong-secret-123456&since=0")
+    assert redactor.filter(record) is True
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == '127.0.0.1:50000 - "GET /v1/alerts?token=***&since=0 HTTP/1.1" 403'
+
+    websocket = logging.LogRecord("uvicorn.error", logging.INFO, "", 1, '%s - "WebSocket %s" 403',
+                                  ("127.0.0.1:50001", "/v1/alerts?since=0&TOKEN=wrong%2Fsecret%3D%3D"), None)
+    redactor.filter(websocket)
+    assert websocket.getMessage() == '127.0.0.1:50001 - "WebSocket /v1/alerts?since=0&TOKEN=***" 403'
+
+    extra = logging.LogRecord("cellwatch.test_auth", logging.INFO, "", 1, "refused", (), None)
+    extra.url = "ws://cell/v1/alerts?token=wrong-secret-123456 'quoted' ?access_token=other-secret-1\tnext"
+    redactor.filter(extra)
+    assert extra.url == "ws://cell/v1/alerts?token=*** 'quoted' ?access_token=***\tnext"
+
+
+def test_configured_tokens_and_query_parameters_are_both_redacted():
+    record = _access_record(f"/v1/alerts?since=0&token={quote(VIEWER_TOKEN, safe='')}")
+    record.args = (f"header {ADMIN_TOKEN}",) + record.args[1:]
+    Authenticator(_settings()).redactor().filter(record)
+    assert record.getMessage() == 'header *** - "GET /v1/alerts?since=0&token=*** HTTP/1.1" 403'
+
+
+def test_records_without_tokens_pass_unchanged():
+    record = _access_record("/v1/alerts?since=0")
+    RedactTokens([]).filter(record)
+    assert record.args == ("127.0.0.1:50000", "GET", "/v1/alerts?since=0", "1.1", 403)
+
+
+def test_arguments_that_do_not_format_are_hidden_not_raised():
+    record = logging.LogRecord("cellwatch.test_auth", logging.INFO, "", 1, "token=%s and %s", (BAD_TOKEN,), None)
+    assert RedactTokens([]).filter(record) is True
+    assert record.getMessage() == "token=*** and %s (log arguments hidden: they did not format)"
+
+
+def test_install_log_redaction_covers_the_root_handlers_without_tokens(monkeypatch):
+    # What `cellwatch serve` does after logs.configure: no tokens configured,
+    # the filter is installed anyway and a uvicorn.access URL is scrubbed.
+    out = io.StringIO()
+    handler = logging.StreamHandler(out)
+    handler.setFormatter(JsonFormatter())
+    monkeypatch.setattr(logging.getLogger(), "handlers", [handler])
+    redactor = install_log_redaction(Authenticator(AuthSettings()))
+    assert handler.filters == [redactor]
+    logging.getLogger().handle(_access_record("/v1/alerts?token=wrong-secret-123456&since=0"))
+    text = out.getvalue()
+    assert "wrong-secret-123456" not in text
+    assert json.loads(text)["message"].endswith('"GET /v1/alerts?token=***&since=0 HTTP/1.1" 403')
