@@ -11,11 +11,12 @@ import uvicorn
 
 class LiveServer:
     def __init__(self, app, ws_max_size: int = 16 * 2**20, wait_ready: bool = True,
-                 ws_ping_interval: float | None = 20.0) -> None:
+                 ws_ping_interval: float | None = 20.0, ws_ping_timeout: float | None = 20.0) -> None:
         self.wait_ready = wait_ready
         self.app = app
         config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", ws_max_size=ws_max_size,
-                                lifespan="on", ws_ping_interval=ws_ping_interval)
+                                lifespan="on", ws_ping_interval=ws_ping_interval,
+                                ws_ping_timeout=ws_ping_timeout)
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
