@@ -32,8 +32,10 @@ import numpy as np
 import torch
 
 from models.checkpoint import load_model, shipped_weights
+from models.defaults import DEFAULT_FRAME_HW, DEFAULT_FRAME_SIZE, DEFAULT_SUPPORT_FRAMES
 from models.masktrack_rcnn import MaskTrackRCNN
 from models.presets import PRESETS, build_model
+from models.sizes import parse_size_hw
 from models.temporal_roi_align import TemporalRoIAlign
 
 from .graph import FrameGraph, most_similar_standard
@@ -47,7 +49,6 @@ from .spec import (
     PLUGIN_VERSION,
     Sidecar,
     cache_shapes,
-    parse_size,
     sidecar_path,
     working_size,
 )
@@ -188,8 +189,8 @@ def export_onnx(
     model: MaskTrackRCNN,
     out: str | Path,
     mode: str = "standard",
-    frame_size: tuple[int, int] = (360, 640),
-    support_frames: int = 2,
+    frame_size: tuple[int, int] = DEFAULT_FRAME_HW,
+    support_frames: int = DEFAULT_SUPPORT_FRAMES,
     opset: int = DEFAULT_OPSET,
     weights: str | None = None,
 ) -> Sidecar:
@@ -317,15 +318,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="export a randomly initialised network (seed 0) even when the preset ships weights")
     p.add_argument("--mode", choices=MODES, default="standard")
     p.add_argument("--out", required=True, help="output .onnx path (the sidecar goes beside it as .json)")
-    p.add_argument("--frame-size", default="640x360", help="camera frame WIDTHxHEIGHT (default 640x360)")
-    p.add_argument("--support-frames", type=int, default=2, help="support frames the runtime keeps (T)")
+    p.add_argument("--frame-size", default=DEFAULT_FRAME_SIZE, help=f"camera frame WIDTHxHEIGHT (default {DEFAULT_FRAME_SIZE})")
+    p.add_argument("--support-frames", type=int, default=DEFAULT_SUPPORT_FRAMES, help="support frames the runtime keeps (T)")
     p.add_argument("--opset", type=int, default=DEFAULT_OPSET)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="model option for a randomly initialised network, e.g. roi_extractor=temporal")
     p.add_argument("--no-verify", action="store_true", help="skip the ONNX Runtime check against PyTorch")
     args = p.parse_args(argv)
     try:
-        frame_size = parse_size(args.frame_size)
+        frame_size = parse_size_hw(args.frame_size)
         if args.preset not in PRESETS:
             raise ValueError(f"unknown preset {args.preset!r}; valid presets: {', '.join(PRESETS)}")
         if args.weights is not None and not Path(args.weights).is_file():

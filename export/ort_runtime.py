@@ -6,9 +6,9 @@
   plugin-mode models run on the CPU too.
 * ``OnnxFrameModel``: one session over one exported model and its sidecar;
   ``infer(image, cache)`` runs a frame against a stream's support cache.
-* ``prepare_frame`` and ``paste_masks``: the pre- and post-processing around
-  the graph (resize to the working size; per-box mask probabilities to
-  full-image masks, as torchvision pastes them).
+* ``paste_masks``: per-box mask probabilities to full-image masks, as
+  torchvision pastes them (the rule lives in ``models.masks``; the frame's
+  preprocessing is ``models.stream_step.prepare_frame``).
 """
 
 from __future__ import annotations
@@ -19,6 +19,9 @@ from pathlib import Path
 import numpy as np
 
 from .spec import INPUT_NAMES, MODES, OUTPUT_NAMES, PLUGIN_DOMAIN, PLUGIN_OP, Sidecar, read_sidecar
+
+__all__ = ["OnnxFrameModel", "custom_op_session_options", "most_similar_numpy", "paste_masks",
+           "register_temporal_roi_align"]
 
 _NORM_EPS = 1e-12
 _register_lock = threading.Lock()
@@ -211,47 +214,9 @@ class OnnxFrameModel:
         return dict(zip(OUTPUT_NAMES, self.session.run(None, feeds)))
 
 
-def prepare_frame(frame_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """A BGR uint8 frame -> float32 ``[3, H, W]`` RGB in [0, 1] at ``size`` (height, width)."""
-    import cv2
-
-    if frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
-        raise ValueError(f"frame must be HxWx3 BGR, got shape {frame_bgr.shape}")
-    height, width = size
-    if frame_bgr.shape[:2] != (height, width):
-        frame_bgr = cv2.resize(frame_bgr, (width, height), interpolation=cv2.INTER_LINEAR)
-    rgb = cv2.cvtColor(frame_bgr, cv2.COLOR_BGR2RGB)
-    return np.ascontiguousarray(rgb.transpose(2, 0, 1), dtype=np.float32) / 255.0
-
-
 def paste_masks(mask_probs: np.ndarray, boxes: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Per-box ``[N, 1, M, M]`` probabilities -> ``[N, height, width]`` probabilities.
+    """Per-box ``[N, 1, M, M]`` probabilities -> ``[N, height, width]`` probabilities
+    (torchvision's ``paste_masks_in_image``; ``models.masks`` holds the rule)."""
+    from models.masks import paste_mask_probs
 
-    As torchvision's ``paste_masks_in_image``: the mask gets a one-cell zero
-    border, its box is grown by the same proportion and cut to integers, and
-    the mask is resized bilinearly (half-pixel centres) onto that box.
-    """
-    import cv2
-
-    count = mask_probs.shape[0]
-    out = np.zeros((count, height, width), dtype=np.float32)
-    if count == 0:
-        return out
-    size = mask_probs.shape[-1]
-    scale = (size + 2) / size
-    padded = np.pad(mask_probs[:, 0], ((0, 0), (1, 1), (1, 1)))
-    half_w = (boxes[:, 2] - boxes[:, 0]) * 0.5 * scale
-    half_h = (boxes[:, 3] - boxes[:, 1]) * 0.5 * scale
-    centre_x = (boxes[:, 2] + boxes[:, 0]) * 0.5
-    centre_y = (boxes[:, 3] + boxes[:, 1]) * 0.5
-    grown = np.stack([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h], axis=1)
-    grown = grown.astype(np.float32).astype(np.int64)  # truncation, as torch's .to(int64)
-    for i, (x0, y0, x1, y1) in enumerate(grown):
-        box_w, box_h = max(int(x1 - x0 + 1), 1), max(int(y1 - y0 + 1), 1)
-        resized = cv2.resize(padded[i], (box_w, box_h), interpolation=cv2.INTER_LINEAR)
-        left, right = max(x0, 0), min(x1 + 1, width)
-        top, bottom = max(y0, 0), min(y1 + 1, height)
-        if left >= right or top >= bottom:
-            continue
-        out[i, top:bottom, left:right] = resized[top - y0 : bottom - y0, left - x0 : right - x0]
-    return out
+    return paste_mask_probs(mask_probs, boxes, height, width)

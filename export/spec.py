@@ -69,17 +69,6 @@ def cache_shapes(height: int, width: int, channels: int) -> list[tuple[int, int,
     return [(channels, padded_h // s, padded_w // s) for s in CACHE_STRIDES]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"768x576"`` (width x height, as cameras are named) -> ``(height, width)``."""
-    parts = text.lower().split("x")
-    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
-        raise ValueError(f"size {text!r} must be WIDTHxHEIGHT, e.g. 768x576")
-    width, height = (int(p) for p in parts)
-    if width < 1 or height < 1:
-        raise ValueError(f"size {text!r} must be positive")
-    return height, width
-
-
 @dataclass
 class Sidecar:
     """The JSON written next to ``model.onnx`` as ``model.json``."""

@@ -1,6 +1,6 @@
 """Runs a TensorRT engine built by ``python -m export.tensorrt`` on numpy feeds.
 
-Owns ``TensorRTEngine``: one deserialized engine and execution context, torch
+Owns ``TensorRTRunner``: one deserialized engine and execution context, torch
 CUDA tensors as device buffers, outputs allocated through an IOutputAllocator
 so data-dependent shapes (detections after NMS) need no guessed sizes.
 TensorRT and torch are imported when an engine is created, not at import.
@@ -25,7 +25,7 @@ from .tensorrt import (
 )
 
 
-class TensorRTEngine:
+class TensorRTRunner:
     """A deserialized engine with one execution context; ``run`` maps numpy feeds to numpy outputs.
 
     Inputs are copied to torch CUDA tensors; outputs are allocated by an
@@ -38,7 +38,7 @@ class TensorRTEngine:
         import torch
 
         if not torch.cuda.is_available():
-            raise TensorRTUnavailableError("TensorRTEngine needs a CUDA GPU; torch.cuda.is_available() is False")
+            raise TensorRTUnavailableError("TensorRTRunner needs a CUDA GPU; torch.cuda.is_available() is False")
         path = Path(engine_path)
         if not path.is_file():
             raise TensorRTSetupError(f"engine file not found: {path}")

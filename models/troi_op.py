@@ -25,7 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .temporal_roi_align import most_similar_roi_align as _reference
+from .most_similar import most_similar_roi_align as _reference
 
 OP_NAME = "cellwatch::most_similar_roi_align"
 

@@ -28,8 +28,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from models.defaults import DEFAULT_FRAME_SIZE
+
 from .alerts import SafetyConfig
 from .auth import AuthSettings
+from .engines import ENGINE_KINDS
 
 # \Z, not $: "$" also matches before a trailing newline, and "cam\n" is no id.
 # Match with ``fullmatch``.
@@ -62,11 +65,11 @@ class ServerSettings(_Strict):
 
 
 class ModelSettings(_Strict):
-    engine: Literal["onnxruntime", "torch", "tensorrt"] = "onnxruntime"
+    engine: Literal[ENGINE_KINDS] = "onnxruntime"  # type: ignore[valid-type]  # the one list of engines
     path: str | None = None
     threads: int | None = Field(None, ge=1, le=256)
     # torch engine only: the camera frame size the working size is derived from
-    frame_size: str = "640x360"
+    frame_size: str = DEFAULT_FRAME_SIZE
     # tensorrt engine only: the sidecar JSON of the ONNX file the engine came from
     sidecar: str | None = None
 

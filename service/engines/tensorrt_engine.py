@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from export.spec import INPUT_NAMES, OUTPUT_NAMES, read_sidecar, sidecar_path
-from export.trt_runner import TensorRTEngine as TrtRunner
+from export.trt_runner import TensorRTRunner
 
 from .base import EngineError, FrameInput, FrameOutput, SidecarEngine, output_from_graph
 
@@ -47,7 +47,7 @@ class TensorRTEngine(SidecarEngine):
         try:
             # Raises TensorRTSetupError / TensorRTUnavailableError (RuntimeErrors) whose
             # message names what is missing: TensorRT, a CUDA GPU, the plugin library, the file.
-            self.runner = TrtRunner(path, plugin_lib=plugin_lib, device=device)
+            self.runner = TensorRTRunner(path, plugin_lib=plugin_lib, device=device)
         except ImportError as exc:  # torch, which holds the device buffers
             raise EngineError(f"tensorrt engine needs the {exc.name or 'missing'} package to run: {exc}") from exc
         inputs, outputs = list(self.runner.input_names), list(self.runner.output_names)

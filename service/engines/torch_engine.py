@@ -17,13 +17,11 @@ import torch
 from export.graph import FrameGraph
 from export.spec import cache_shapes, working_size
 from models.checkpoint import load_model
+from models.defaults import DEFAULT_FRAME_HW, DEFAULT_SUPPORT_FRAMES
 from models.masktrack_rcnn import MaskTrackRCNN
 from models.temporal_roi_align import TemporalRoIAlign
 
 from .base import Engine, EngineError, FrameInput, FrameOutput
-
-DEFAULT_FRAME_SIZE = (360, 640)
-DEFAULT_SUPPORT_FRAMES = 2  # as export.onnx's default
 
 
 class TorchEngine(Engine):
@@ -35,7 +33,7 @@ class TorchEngine(Engine):
     def __init__(
         self,
         weights: str | Path,
-        frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+        frame_size: tuple[int, int] = DEFAULT_FRAME_HW,
         threads: int | None = None,
         device: str = "cpu",
         support_frames: int | None = None,
@@ -50,7 +48,7 @@ class TorchEngine(Engine):
     def from_model(
         cls,
         model: MaskTrackRCNN,
-        frame_size: tuple[int, int] = DEFAULT_FRAME_SIZE,
+        frame_size: tuple[int, int] = DEFAULT_FRAME_HW,
         threads: int | None = None,
         device: str = "cpu",
         support_frames: int | None = None,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import cv2
@@ -12,10 +11,10 @@ import pytest
 import torch
 
 from export.onnx import export_onnx, main
-from export.ort_runtime import OnnxFrameModel, paste_masks, prepare_frame
+from export.ort_runtime import OnnxFrameModel, paste_masks
 from export.spec import INPUT_NAMES, OUTPUT_NAMES, PLUGIN_DOMAIN, PLUGIN_OP, read_sidecar
-from models import build_model
 from models.checkpoint import save_checkpoint
+from models.stream_step import prepare_frame
 
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 needs_vtest = pytest.mark.skipif(not VTEST.is_file(), reason=f"{VTEST} missing (Debian package opencv-doc)")

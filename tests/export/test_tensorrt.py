@@ -234,7 +234,7 @@ def plugin_lib(tmp_path_factory) -> Path:
 @pytest.mark.parametrize("frames", [0, 1, 2])
 def test_plugin_engine_matches_cpu_reference(tmp_path, plugin_lib, frames):
     from export.kernels.build import most_similar_roi_align_cpu
-    from export.trt_runner import TensorRTEngine
+    from export.trt_runner import TensorRTRunner
 
     model = troia_model(tmp_path / "troia.onnx", levels=2, channels=8, k=2)
     engine = tmp_path / "troia.engine"
@@ -248,7 +248,7 @@ def test_plugin_engine_matches_cpu_reference(tmp_path, plugin_lib, frames):
         "support_0": rng.standard_normal((1, frames, 8, 6, 5), dtype=np.float32),
         "support_1": rng.standard_normal((1, frames, 8, 5, 4), dtype=np.float32),
     }
-    out = TensorRTEngine(engine, plugin_lib).run(feeds)["support_roi_feats"]
+    out = TensorRTRunner(engine, plugin_lib).run(feeds)["support_roi_feats"]
     expected = most_similar_roi_align_cpu(
         feeds["roi_feats"], feeds["levels"], feeds["batch_index"], [feeds["support_0"], feeds["support_1"]], 2
     )

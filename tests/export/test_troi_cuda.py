@@ -35,7 +35,7 @@ def reference(roi_feats, levels, batch_index, supports, k):
     """Per RoI: ``most_similar_features`` on its level's support maps of its image."""
     # Imported here, not at collection: `models` imports torchvision, which
     # imports triton, and test_troi_kernel.py must set TRITON_INTERPRET first.
-    from models.temporal_roi_align import most_similar_features
+    from models.most_similar import most_similar_features
 
     num_rois, channels, height, width = roi_feats.shape
     frames = supports[0].shape[1]

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 pytest.importorskip("triton")
 
 from export.kernels.troi_triton import most_similar_triton  # noqa: E402
-from models.temporal_roi_align import most_similar_features  # noqa: E402
+from models.most_similar import most_similar_features  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1" else "cpu"
 

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchvision.ops import roi_align
 
-from models import temporal_roi_align as troia_module
+from models import most_similar as search_module
+from models.most_similar import roi_chunk_size
 from models.roi_align import MultiLevelRoIAlign, map_rois_to_levels
-from models.temporal_roi_align import TemporalRoIAlign, roi_chunk_size
+from models.temporal_roi_align import TemporalRoIAlign
 
 # A 128x96 image with four levels; finest_scale 8 puts RoIs of side ~6, ~20,
 # ~40 and ~90 pixels on levels 0..3 so small test images reach every level.
@@ -265,13 +266,13 @@ def test_similarity_allocations_stay_under_the_budget():
 
 def _count_searches(monkeypatch) -> list[int]:
     calls: list[int] = []
-    original = troia_module.most_similar_features
+    original = search_module.most_similar_features
 
     def counting(cells, *args):
         calls.append(cells.shape[0])
         return original(cells, *args)
 
-    monkeypatch.setattr(troia_module, "most_similar_features", counting)
+    monkeypatch.setattr(search_module, "most_similar_features", counting)
     return calls
 
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import models  # noqa: F401  (registers the op)
-from models.temporal_roi_align import TemporalRoIAlign, most_similar_features, most_similar_roi_align
+from models.most_similar import most_similar_features, most_similar_roi_align
+from models.temporal_roi_align import TemporalRoIAlign
 from models.troi_op import check_inputs
 
 OP = torch.ops.cellwatch.most_similar_roi_align
