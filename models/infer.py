@@ -15,22 +15,23 @@ import argparse
 import json
 import sys
 import zipfile
-from collections import Counter, deque
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from tqdm import tqdm
 
 from .checkpoint import load_model
 from .data import load_ytvis, read_frame
 from .data.split_args import add_split_arguments, resolve_split_arguments
+from .defaults import DEFAULT_SUPPORT_FRAMES
+from .masks import MASK_THRESHOLD, encode_rle
 from .masktrack_rcnn import MaskTrackRCNN
+from .presets import ROI_STRIDES
+from .stream_step import FrameInput, FrameOutput, StreamStep
 from .tracker import Tracker
-
-MASK_THRESHOLD = 0.5
 
 
 @dataclass
@@ -42,25 +43,52 @@ class TrackResult:
     labels: list[int] = field(default_factory=list)
 
 
-def encode_mask(mask: np.ndarray) -> dict:
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
+class EagerEngine:
+    """A trained MaskTrackRCNN behind ``models.stream_step.FrameEngine``, in eager
+    PyTorch: the model resizes frames itself, so the input size is the frame's,
+    and it returns binary masks at frame size instead of per-box probabilities."""
 
+    def __init__(self, model: MaskTrackRCNN, frame_hw: tuple[int, int], support_frames: int,
+                 device: torch.device) -> None:
+        self.model = model
+        self.device = device
+        self._input_size = (int(frame_hw[0]), int(frame_hw[1]))
+        self._support_frames = int(support_frames)
+        self._levels = len(ROI_STRIDES)  # the FPN levels the RoI heads pool from, one cache entry each
 
-class SupportCache:
-    """The FPN features of the last ``size`` frames, stacked for the model."""
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self._input_size
 
-    def __init__(self, size: int) -> None:
-        self.frames: deque[list[torch.Tensor]] = deque(maxlen=size)
+    @property
+    def support_frames(self) -> int:
+        return self._support_frames
 
-    def features(self) -> list[torch.Tensor] | None:
-        if not self.frames:
-            return None
-        levels = len(self.frames[0])
-        return [torch.stack([f[level] for f in self.frames])[None] for level in range(levels)]
+    @property
+    def cache_shapes(self) -> list[tuple[int, int, int]]:
+        return [(0, 0, 0)] * self._levels  # sizes unknown until the first frame; only the count is read
 
-    def push(self, features: list[torch.Tensor]) -> None:
-        self.frames.append(features)  # a size-0 cache keeps nothing
+    def empty_cache(self) -> list[np.ndarray]:
+        return [np.zeros((0, 0, 0, 0), np.float32) for _ in range(self._levels)]
+
+    def infer(self, batch: list[FrameInput]) -> list[FrameOutput]:
+        return [self._infer_one(item) for item in batch]
+
+    def _infer_one(self, item: FrameInput) -> FrameOutput:
+        image = torch.from_numpy(item.image).to(self.device)
+        support = None
+        if item.cache and len(item.cache[0]):
+            support = [torch.from_numpy(level)[None].to(self.device) for level in item.cache]
+        out = self.model([image], support_features=support)[0]
+        return FrameOutput(
+            boxes=out["boxes"].cpu().numpy(),
+            scores=out["scores"].cpu().numpy(),
+            labels=out["labels"].cpu().numpy().astype(np.int64),
+            mask_probs=None,
+            masks=(out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy(),
+            embeddings=out["embeddings"].cpu().numpy(),
+            features=[f.cpu().numpy() for f in out["cache_features"]],
+        )
 
 
 def run_video(
@@ -70,29 +98,25 @@ def run_video(
     tracker: Tracker | None,
     device: torch.device,
 ) -> dict[int, TrackResult]:
-    """Online over one video; ``tracker=None`` makes every detection its own track."""
-    cache = SupportCache(support_frames)
+    """Online over one video through the per-stream step; ``tracker=None`` makes
+    every detection its own track."""
     tracks: dict[int, TrackResult] = {}
+    step: StreamStep | None = None
     next_id = 0
     for index, path in enumerate(frame_paths):
-        image = torch.from_numpy(read_frame(path)).permute(2, 0, 1).float().div_(255).to(device)
-        out = model([image], support_features=cache.features())[0]
-        cache.push(out["cache_features"])
-        scores = out["scores"].cpu().numpy()
-        labels = out["labels"].cpu().numpy()
-        if tracker is not None:
-            ids = tracker.update(
-                out["embeddings"].cpu().numpy(), out["boxes"].cpu().numpy(), labels, scores
-            )
-        else:
-            ids = np.arange(next_id, next_id + len(scores))
-            next_id += len(scores)
-        masks = (out["masks"][:, 0] > MASK_THRESHOLD).cpu().numpy()
-        for track_id, mask, score, label in zip(ids.tolist(), masks, scores, labels):
+        frame_bgr = np.ascontiguousarray(read_frame(path)[:, :, ::-1])
+        if step is None:  # the model's own score threshold already applied: keep all it returns
+            step = StreamStep(EagerEngine(model, frame_bgr.shape[:2], support_frames, device), tracker, 0.0)
+        detections = step(frame_bgr)
+        ids = detections.track_ids
+        if ids is None:
+            ids = np.arange(next_id, next_id + len(detections))
+            next_id += len(detections)
+        for row, track_id in enumerate(ids.tolist()):
             track = tracks.setdefault(track_id, TrackResult())
-            track.segmentations[index] = encode_mask(mask)
-            track.scores.append(float(score))
-            track.labels.append(int(label))
+            track.segmentations[index] = encode_rle(detections.mask(row))
+            track.scores.append(float(detections.scores[row]))
+            track.labels.append(int(detections.labels[row]))
     return tracks
 
 
@@ -118,7 +142,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add_split_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="results JSON to write")
     p.add_argument("--zip", action="store_true", help="also write the submission zip (results.json inside)")
-    p.add_argument("--support-frames", type=int, default=2, help="past frames for Temporal RoI Align (T)")
+    p.add_argument("--support-frames", type=int, default=DEFAULT_SUPPORT_FRAMES, help="past frames for Temporal RoI Align (T)")
     p.add_argument("--no-tracking", action="store_true", help="every detection is a new object (ablation)")
     p.add_argument("--max-age", type=int, help="tracker forgets tracks unmatched this many frames")
     p.add_argument("--score-thresh", type=float, help="detection score threshold (default: the model's, 0.05)")

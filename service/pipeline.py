@@ -23,22 +23,21 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from export.ort_runtime import prepare_frame
+from models.stream_step import StreamStep
 from models.tracker import Tracker
 
 from .config import PipelineSettings
-from .engines.base import Engine, EngineError, FrameInput, FrameOutput
+from .engines.base import Engine, EngineError
 from .engines.batching import BatchingEngine
-from .results import frame_result
+from .results import FrameResult, result_json
 
 log = logging.getLogger("cellwatch.pipeline")
 
-RESULT_SCHEMA = "cellwatch.result/1"
 OFFLINE_AFTER_S = 2.0
 
 
@@ -82,7 +81,7 @@ class StreamPipeline:
         engine: Engine,
         batching: BatchingEngine,
         settings: PipelineSettings,
-        on_result: Callable[[StreamPipeline, dict[str, Any]], None] | None = None,
+        on_result: Callable[[StreamPipeline, FrameResult], None] | None = None,
         metrics: Any = None,
         on_error: Callable[[StreamPipeline, str], None] | None = None,
     ) -> None:
@@ -102,20 +101,19 @@ class StreamPipeline:
         self.resets = 0
         self.last_error: str | None = None
         self.source_state = "waiting"
-        self.latest: dict[str, Any] | None = None
-        self.latest_image: np.ndarray | None = None
+        self.latest_result: FrameResult | None = None
         self.latency = LatencyWindow(settings.latency_window)
         self._processed_times: deque[float] = deque(maxlen=256)
-        self._lock = threading.Lock()  # guards the slot, the cache and the tracker
+        self._lock = threading.Lock()  # guards the slot (the step guards its cache and tracker)
         self._pending: Frame | None = None
         self._wake = asyncio.Event()
         self._loop = asyncio.get_running_loop()
         self._task: asyncio.Task | None = None
         self._failed = False
-        self._cache: list[deque[np.ndarray]] = [deque(maxlen=max(engine.support_frames, 1)) for _ in engine.cache_shapes]
-        self.tracker = Tracker(max_age=settings.max_track_age, max_tracks=settings.max_tracks,
-                               motion_gate=settings.track_motion_gate)
-        self._frame_index = 0
+        tracker = Tracker(max_age=settings.max_track_age, max_tracks=settings.max_tracks,
+                          motion_gate=settings.track_motion_gate)
+        self.step = StreamStep(engine, tracker, settings.score_thresh)
+        self._latest_json: tuple[FrameResult, dict[str, Any]] | None = None
 
     # ------------------------------------------------------------ lifecycle
     def start(self) -> None:
@@ -132,11 +130,8 @@ class StreamPipeline:
 
     def reset(self, reason: str = "reset") -> None:
         """Forget the tracker's memory and the support cache (ids keep increasing)."""
-        with self._lock:
-            self.tracker.reset()
-            for level in self._cache:
-                level.clear()
-            self.resets += 1
+        self.step.reset()
+        self.resets += 1
         log.info("stream reset", extra={"stream": self.stream_id, "reason": reason})
 
     # --------------------------------------------------------------- intake
@@ -205,18 +200,9 @@ class StreamPipeline:
                 if self.on_error is not None:
                     self.on_error(self, self.last_error)
 
-    def _input(self, frame: Frame) -> FrameInput:
-        image = prepare_frame(frame.image, self.engine.input_size)
-        with self._lock:
-            if self.engine.support_frames == 0:
-                cache = self.engine.empty_cache()
-            else:
-                cache = [np.stack(level) if level else empty for level, empty in zip(self._cache, self.engine.empty_cache())]
-        return FrameInput(image, cache)
-
     async def _process(self, frame: Frame) -> None:
         started = time.time()
-        item = await asyncio.to_thread(self._input, frame)
+        item = await asyncio.to_thread(self.step.prepare, frame.image)
         prepared = time.time()
         try:
             output = await self.batching.infer(item)
@@ -225,14 +211,14 @@ class StreamPipeline:
         except Exception as exc:
             raise EngineError(str(exc)) from exc
         inferred = time.time()
-        result = await asyncio.to_thread(self._finish, frame, output)
+        detections = await asyncio.to_thread(self.step.finish, frame.image.shape[:2], output)
         done = time.time()
         since_arrival_ms = (time.monotonic() - frame.arrived_mono) * 1000.0
         end_to_end_ms = (done - frame.capture_ts) * 1000.0
         if end_to_end_ms < 0 or end_to_end_ms > 3_600_000:  # camera clock far off: use arrival time
             end_to_end_ms = since_arrival_ms
         end_to_end_ms = max(end_to_end_ms, since_arrival_ms)
-        result["timing"] = {
+        timing = {
             "capture_ts": frame.capture_ts,
             "received_ts": frame.received_ts,
             "decode_ms": round(frame.decode_ms, 2),
@@ -243,46 +229,34 @@ class StreamPipeline:
             "end_to_end_ms": round(end_to_end_ms, 2),
             "since_arrival_ms": round(since_arrival_ms, 2),
         }
+        result = FrameResult(self.stream_id, self.step.frames, frame.capture_ts, frame.image, detections,
+                             self.engine.classes, timing)
         self.latency.add(end_to_end_ms)
         self._processed_times.append(done)
         self.processed += 1
         self._failed = False
-        self.latest = result
-        self.latest_image = frame.image
+        self.latest_result = result
         if self.metrics is not None:
             self.metrics.processed(self.stream_id, (inferred - prepared), end_to_end_ms / 1000.0)
         if self.on_result is not None:
             self.on_result(self, result)
 
-    def _finish(self, frame: Frame, output: FrameOutput) -> dict[str, Any]:
-        keep = output.scores >= self.settings.score_thresh
-        kept = replace(
-            output,
-            boxes=output.boxes[keep],
-            scores=output.scores[keep],
-            labels=output.labels[keep],
-            mask_probs=output.mask_probs[keep],
-            embeddings=output.embeddings[keep],
-        )
-        with self._lock:
-            if self.engine.support_frames > 0:  # a model without Temporal RoI Align reads no cache
-                for level, feature in zip(self._cache, output.features):
-                    level.append(np.array(feature, dtype=np.float32, copy=True))
-            ids = self.tracker.update(kept.embeddings, kept.boxes, kept.labels, kept.scores)
-            self._frame_index += 1
-            index = self._frame_index
-        result = frame_result(
-            kept,
-            [int(i) for i in ids],
-            self.engine.classes,
-            frame.image.shape[:2],
-            self.engine.input_size,
-            score_thresh=self.settings.score_thresh,
-        )
-        result.update(
-            schema=RESULT_SCHEMA, stream_id=self.stream_id, frame=index, capture_ts=frame.capture_ts, safety_rated=False
-        )
-        return result
+    # ------------------------------------------------------------ the edge
+    @property
+    def latest(self) -> dict[str, Any] | None:
+        """The latest result as JSON (made on first request, then kept), or None."""
+        result = self.latest_result
+        if result is None:
+            return None
+        cached = self._latest_json
+        if cached is None or cached[0] is not result:
+            cached = (result, result_json(result))
+            self._latest_json = cached
+        return cached[1]
+
+    @property
+    def latest_image(self) -> np.ndarray | None:
+        return None if self.latest_result is None else self.latest_result.image
 
     # --------------------------------------------------------------- status
     @property
@@ -302,12 +276,10 @@ class StreamPipeline:
 
     def memory_bytes(self) -> int:
         """The stream's memory: support cache + tracker (frames and results excluded)."""
-        with self._lock:
-            return int(sum(f.nbytes for level in self._cache for f in level) + self.tracker.memory_bytes())
+        return self.step.memory_bytes()
 
     def tracks(self) -> list[dict]:
-        with self._lock:
-            return self.tracker.tracks()
+        return self.step.tracks()
 
     def status(self) -> dict[str, Any]:
         return {
@@ -320,9 +292,8 @@ class StreamPipeline:
             "fps": self.fps(),
             "latency_ms": self.latency.summary(),
             "memory_bytes": self.memory_bytes(),
-            "support_frames": {"kept": len(self._cache[0]) if self.engine.support_frames else 0,
-                               "max": self.engine.support_frames},
-            "tracks": len(self.tracker),
+            "support_frames": {"kept": self.step.support_kept, "max": self.engine.support_frames},
+            "tracks": len(self.step.tracker),
             "resets": self.resets,
             "last_error": self.last_error,
             "safety_rated": False,

@@ -1,7 +1,8 @@
 """What the service says about a frame, and the checks on frames it is sent.
 
-* ``frame_result``: an engine's output (working-size pixels) as JSON-ready
-  detections in the camera frame's pixels, masks as COCO RLE;
+* ``FrameResult``: one processed frame of a stream (typed: its ``Detections``),
+  and ``result_json``/``detections_json``: the JSON made from it where it is
+  sent (masks as COCO RLE); ``frame_result``: the same for a stateless frame;
 * ``overlay_png``: a frame with those detections drawn on it;
 * ``decode_image``: untrusted JPEG/PNG bytes to a BGR frame, refusing
   anything that is not one, or too big, before it is decoded.
@@ -11,21 +12,76 @@ numpy, OpenCV and pycocotools only (no torch).
 
 from __future__ import annotations
 
-import colorsys
 import struct
+from dataclasses import dataclass, field
 from typing import Any
 
 import cv2
 import numpy as np
-from pycocotools import mask as mask_utils
 
-from .engines.base import FrameOutput
+from models.detections import Detections
+from models.drawing import track_colour
+from models.masks import decode_rle, encode_rle, mask_area
+from models.stream_step import FrameOutput, detections_from_output
 
-MASK_THRESHOLD = 0.5
 PERSON = "person"
+RESULT_SCHEMA = "cellwatch.result/1"
 
 
 # --------------------------------------------------------------- results
+@dataclass
+class FrameResult:
+    """One processed frame of a stream: what the pipeline hands to the zones and
+    the edge. ``detections`` are thresholded and tracked, in the frame's pixels."""
+
+    stream_id: str
+    frame: int  # 1, 2, 3, ... per stream
+    capture_ts: float
+    image: np.ndarray  # the BGR frame itself
+    detections: Detections
+    classes: list[str]  # class names, label 1 first
+    timing: dict[str, float] = field(default_factory=dict)
+
+    def persons(self) -> list[int]:
+        """Indices of the detections of class "person"."""
+        return [i for i, label in enumerate(self.detections.labels.tolist())
+                if 1 <= label <= len(self.classes) and self.classes[label - 1] == PERSON]
+
+
+def detections_json(detections: Detections, classes: list[str], masks: bool = True) -> dict[str, Any]:
+    """Detections as JSON: class "person" to ``persons``, the rest to ``objects``;
+    each with ``track_id``, ``class``, ``label``, ``score``, ``box`` [x1, y1, x2, y2],
+    ``mask`` (COCO RLE at frame size, or None) and ``area`` (mask pixels, or None)."""
+    frame_h, frame_w = detections.frame_hw
+    persons, objects = [], []
+    for index in range(len(detections)):
+        label = int(detections.labels[index])
+        name = classes[label - 1] if 1 <= label <= len(classes) else f"class_{label}"
+        detection: dict[str, Any] = {
+            "track_id": detections.track_id(index),
+            "class": name,
+            "label": label,
+            "score": round(float(detections.scores[index]), 4),
+            "box": [round(float(v), 2) for v in detections.boxes[index]],
+            "mask": None,
+            "area": None,
+        }
+        mask = detections.mask(index) if masks else None
+        if mask is not None:
+            detection["mask"] = encode_rle(mask)
+            detection["area"] = mask_area(detection["mask"])
+        (persons if name == PERSON else objects).append(detection)
+    return {"frame_size": {"height": frame_h, "width": frame_w}, "persons": persons, "objects": objects,
+            "safety_rated": False}
+
+
+def result_json(result: FrameResult, masks: bool = True) -> dict[str, Any]:
+    """A stream's processed frame as JSON (``cellwatch.result/1``), made where it is sent."""
+    return {**detections_json(result.detections, result.classes, masks), "schema": RESULT_SCHEMA,
+            "stream_id": result.stream_id, "frame": result.frame, "capture_ts": result.capture_ts,
+            "timing": result.timing}
+
+
 def frame_result(
     output: FrameOutput,
     track_ids: list[int] | None,
@@ -36,102 +92,20 @@ def frame_result(
     score_thresh: float = 0.5,
     masks: bool = True,
 ) -> dict[str, Any]:
-    """Detections with ``score >= score_thresh`` in the original frame's pixels.
-
-    ``frame_size``/``working_size`` are (height, width). ``track_ids`` lines up
-    with ``output``'s detections (None: no tracking). Detections of class
-    "person" go to ``persons``, the rest to ``objects``; each has
-    ``track_id``, ``class``, ``label``, ``score``, ``box`` [x1, y1, x2, y2],
-    ``mask`` (COCO RLE at frame size, or None) and ``area`` (mask pixels, or None).
-    """
-    frame_h, frame_w = (int(v) for v in frame_size)
-    work_h, work_w = (int(v) for v in working_size)
+    """One engine output (working-size pixels) as JSON, for stateless single frames:
+    detections with ``score >= score_thresh`` in the frame's pixels (see
+    ``detections_json``). ``frame_size``/``working_size`` are (height, width);
+    ``track_ids`` lines up with ``output``'s detections (None: no tracking)."""
     count = len(output.scores)
     if track_ids is not None and len(track_ids) != count:
         raise ValueError(f"{len(track_ids)} track ids for {count} detections")
-    scale = np.array([frame_w / work_w, frame_h / work_h] * 2, dtype=np.float64)
-    keep = np.nonzero(np.asarray(output.scores) >= score_thresh)[0]
-    boxes = np.asarray(output.boxes, dtype=np.float64).reshape(-1, 4)[keep] * scale
-    boxes[:, 0::2] = boxes[:, 0::2].clip(0, frame_w)
-    boxes[:, 1::2] = boxes[:, 1::2].clip(0, frame_h)
-
-    persons, objects = [], []
-    for row, index in enumerate(keep):
-        label = int(output.labels[index])
-        name = classes[label - 1] if 1 <= label <= len(classes) else f"class_{label}"
-        detection: dict[str, Any] = {
-            "track_id": None if track_ids is None else int(track_ids[index]),
-            "class": name,
-            "label": label,
-            "score": round(float(output.scores[index]), 4),
-            "box": [round(float(v), 2) for v in boxes[row]],
-            "mask": None,
-            "area": None,
-        }
-        if masks:
-            # As torchvision: boxes scaled to the frame, the 28x28 mask pasted at frame size.
-            mask = paste_mask(output.mask_probs[index, 0], boxes[row], frame_h, frame_w)
-            detection["mask"] = encode_mask(mask)
-            detection["area"] = int(mask_utils.area(detection["mask"]))
-        (persons if name == PERSON else objects).append(detection)
-    return {
-        "frame_size": {"height": frame_h, "width": frame_w},
-        "persons": persons,
-        "objects": objects,
-        "safety_rated": False,
-    }
-
-
-def paste_mask(mask_prob: np.ndarray, box: np.ndarray, height: int, width: int) -> np.ndarray:
-    """One ``[M, M]`` mask pasted into its box and thresholded: a boolean ``[height, width]``
-    array in Fortran order (what RLE encoding reads).
-
-    The same computation as ``export.ort_runtime.paste_masks`` (torchvision's
-    rule: one-cell zero border, box grown by the same proportion, bilinear
-    resize), but only the box's region is computed, so a detection costs its
-    box's pixels rather than a float32 copy of the whole frame.
-    """
-    size = mask_prob.shape[-1]
-    scale = (size + 2) / size
-    padded = np.pad(mask_prob.astype(np.float32, copy=False), 1)
-    box = np.asarray(box, dtype=np.float32)
-    half_w = (box[2] - box[0]) * 0.5 * scale
-    half_h = (box[3] - box[1]) * 0.5 * scale
-    centre_x = (box[2] + box[0]) * 0.5
-    centre_y = (box[3] + box[1]) * 0.5
-    grown = np.array([centre_x - half_w, centre_y - half_h, centre_x + half_w, centre_y + half_h])
-    x0, y0, x1, y1 = (int(v) for v in grown.astype(np.float32).astype(np.int64))  # truncation, as paste_masks
-    out = np.zeros((height, width), dtype=bool, order="F")
-    box_w, box_h = max(x1 - x0 + 1, 1), max(y1 - y0 + 1, 1)
-    left, right = max(x0, 0), min(x1 + 1, width)
-    top, bottom = max(y0, 0), min(y1 + 1, height)
-    if left < right and top < bottom:
-        resized = cv2.resize(padded, (box_w, box_h), interpolation=cv2.INTER_LINEAR)
-        out[top:bottom, left:right] = resized[top - y0 : bottom - y0, left - x0 : right - x0] > MASK_THRESHOLD
-    return out
-
-
-def encode_mask(mask: np.ndarray) -> dict[str, Any]:
-    """A boolean [H, W] mask as COCO RLE with ``counts`` as str (JSON-ready)."""
-    rle = mask_utils.encode(np.asfortranarray(mask, dtype=np.uint8))
-    return {"size": [int(v) for v in rle["size"]], "counts": rle["counts"].decode("ascii")}
-
-
-def decode_mask(rle: dict[str, Any]) -> np.ndarray:
-    """COCO RLE (``counts`` str or bytes) -> boolean [H, W] mask."""
-    counts = rle["counts"]
-    encoded = {"size": list(rle["size"]), "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
-    return mask_utils.decode(encoded).astype(bool)
+    detections = detections_from_output(output, frame_size, working_size)
+    if track_ids is not None:
+        detections = detections.with_track_ids(track_ids)
+    return detections_json(detections[detections.scores >= score_thresh], classes, masks)
 
 
 # --------------------------------------------------------------- overlay
-def track_colour(key: int) -> tuple[int, int, int]:
-    """A BGR colour per track id, far apart for neighbouring ids (golden-ratio hues)."""
-    hue = (key * 0.618033988749895) % 1.0
-    r, g, b = colorsys.hsv_to_rgb(hue, 0.85, 1.0)
-    return int(b * 255), int(g * 255), int(r * 255)
-
-
 def overlay_png(frame_bgr: np.ndarray, result: dict[str, Any], alpha: float = 0.45) -> bytes:
     """PNG of ``frame_bgr`` with the result's masks (translucent), boxes and "id N score" labels."""
     if frame_bgr is None or frame_bgr.ndim != 3 or frame_bgr.shape[2] != 3:
@@ -143,7 +117,7 @@ def overlay_png(frame_bgr: np.ndarray, result: dict[str, Any], alpha: float = 0.
         track = det.get("track_id")
         colour = track_colour(track if track is not None else index)
         if det.get("mask"):
-            mask = decode_mask(det["mask"])
+            mask = decode_rle(det["mask"])
             if mask.shape != (height, width):  # a result computed for another frame size
                 mask = cv2.resize(mask.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0
             tinted = canvas[mask].astype(np.float32) * (1 - alpha) + np.array(colour, np.float32) * alpha

@@ -16,6 +16,7 @@ from .config import STREAM_ID, STREAM_ID_RULE, LimitSettings, PipelineSettings, 
 from .engines.base import Engine
 from .engines.batching import BatchingEngine
 from .pipeline import StreamPipeline
+from .results import FrameResult
 from .sources import PullSource, parse_source
 
 log = logging.getLogger("cellwatch.streams")
@@ -129,7 +130,7 @@ class StreamManager:
         for stream_id in list(self.pipelines):
             await self.remove(stream_id)
 
-    def _result(self, pipeline: StreamPipeline, result: dict[str, Any]) -> None:
+    def _result(self, pipeline: StreamPipeline, result: FrameResult) -> None:
         if self.supervisor is not None:
             self.supervisor.on_result(pipeline.stream_id, result)
         if self.on_result is not None:

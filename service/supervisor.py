@@ -25,10 +25,11 @@ import math
 import time
 from typing import Any
 
-from pycocotools import mask as mask_utils
+from models.masks import encode_rle
 
 from .alerts import SafetyConfig, SafetyState, StreamSafety, Transition
 from .events import EventBus
+from .results import FrameResult
 from .zones import MAX_VERTICES, ZoneError, ZoneSet
 
 log = logging.getLogger("cellwatch.safety")
@@ -96,13 +97,13 @@ class SafetySupervisor:
         return zone_set
 
     # -------------------------------------------------------------- inputs
-    def on_result(self, stream_id: str, result: dict[str, Any]) -> None:
+    def on_result(self, stream_id: str, result: FrameResult) -> None:
         watch = self.watches.get(stream_id)
         if watch is None:
             return
         persons, zones, observed, causes, unknown = self._place(watch, result)
-        capture_ts = result.get("capture_ts")
-        timing = result.get("timing") or {}
+        capture_ts = result.capture_ts
+        timing = result.timing
         done_ts = time.time()
         crc = watch.config_crc
         self.bus.publish(stream_id, "persons", capture_ts=capture_ts, state=watch.safety.state, latched=watch.safety.latched,
@@ -174,34 +175,35 @@ class SafetySupervisor:
         log.info("state", extra={"stream": watch.stream_id, "from": transition.from_state.value,
                                  "to": transition.to_state.value, "reason": transition.reason})
 
-    def _place(self, watch: StreamWatch, result: dict[str, Any]):
+    def _place(self, watch: StreamWatch, result: FrameResult):
+        """Each person's event entry, distance and zone from its binary mask; the
+        zones' observed state, the causes, and why a position is unknown (or None)."""
         persons, zones, causes = [], {}, []
         observed = SafetyState.CLEAR
         unknown = None
-        units = "pixels"
-        if watch.zones is not None:
-            units = watch.zones.to_dict().get("units", "pixels")
-        for person in result.get("persons", []):
-            entry = {"track_id": person.get("track_id"), "score": float(person["score"]), "distance": None,
-                     "units": units, "zone": None, "box": person.get("box"), "mask": person.get("mask")}
-            if watch.zones is not None and person.get("mask") is not None:
-                mask = mask_utils.decode({"size": person["mask"]["size"],
-                                          "counts": person["mask"]["counts"].encode()}).astype(bool)
-                placed = watch.zones.person(mask)
-                if placed is not None:
-                    distance = float(placed["distance"])
-                    if math.isnan(distance):
-                        unknown = f"track {entry['track_id']}: position unknown (its mask lies above the horizon)"
-                    else:
-                        entry["distance"] = round(distance, 4)
-                    entry["zone"] = placed["zone"]
-                    if placed["zone"] is not None:
-                        zones.setdefault(placed["zone"], []).append(entry["track_id"])
-                        level = ZONE_STATE[placed["zone"]]
-                        if level.severity > observed.severity:
-                            observed = level
-                        causes.append(f"track {entry['track_id']} in {placed['zone']} zone "
-                                      f"({entry['distance']} {units} from the hazard)")
+        units = watch.zones.units if watch.zones is not None else "pixels"
+        detections = result.detections
+        for index in result.persons():
+            track_id = detections.track_id(index)
+            mask = detections.mask(index)
+            entry = {"track_id": track_id, "score": round(float(detections.scores[index]), 4), "distance": None,
+                     "units": units, "zone": None, "box": [round(float(v), 2) for v in detections.boxes[index]],
+                     "mask": None if mask is None else encode_rle(mask)}  # the event is what is sent
+            placed = watch.zones.person(mask) if watch.zones is not None and mask is not None else None
+            if placed is not None:
+                distance = float(placed["distance"])
+                if math.isnan(distance):
+                    unknown = f"track {track_id}: position unknown (its mask lies above the horizon)"
+                else:
+                    entry["distance"] = round(distance, 4)
+                entry["zone"] = placed["zone"]
+                if placed["zone"] is not None:
+                    zones.setdefault(placed["zone"], []).append(track_id)
+                    level = ZONE_STATE[placed["zone"]]
+                    if level.severity > observed.severity:
+                        observed = level
+                    causes.append(f"track {track_id} in {placed['zone']} zone "
+                                  f"({entry['distance']} {units} from the hazard)")
             persons.append(entry)
         return persons, zones, observed, causes, unknown
 

@@ -10,38 +10,16 @@ puts one behind a queue that the streams share.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 
 import numpy as np
 
 from export.spec import CACHE_LEVELS, Sidecar
 
+# The frame containers are the per-stream step's (models.stream_step): the
+# engines produce what it consumes.
+from models.stream_step import FrameInput, FrameOutput
 
-@dataclass
-class FrameInput:
-    """image: float32 ``[3, H, W]`` RGB in [0, 1] at ``Engine.input_size``.
-    cache: per cache level ``[T, C, H_l, W_l]`` float32, oldest first (T may be 0)."""
-
-    image: np.ndarray
-    cache: list[np.ndarray]
-
-
-@dataclass
-class FrameOutput:
-    """Detections in working-size pixels, and this frame's cache entry.
-
-    boxes ``[N, 4]`` x1 y1 x2 y2; scores ``[N]``; labels ``[N]`` int64
-    (1..num_classes, index into ``Engine.classes`` minus one); mask_probs
-    ``[N, 1, M, M]``; embeddings ``[N, D]``; features per level ``[C, H_l, W_l]``.
-    """
-
-    boxes: np.ndarray
-    scores: np.ndarray
-    labels: np.ndarray
-    mask_probs: np.ndarray
-    embeddings: np.ndarray
-    features: list[np.ndarray]
-    timing_ms: dict[str, float] = field(default_factory=dict)
+__all__ = ["Engine", "EngineError", "FrameInput", "FrameOutput", "SidecarEngine", "output_from_graph"]
 
 
 class EngineError(RuntimeError):

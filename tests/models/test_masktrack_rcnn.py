@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import statistics
 import time
+from collections import deque
 
 import pytest
 import torch
 
 from models import PRESETS, MaskTrackRCNN, TemporalRoIAlign, build_model
 from models.heads import TrackHead, track_logits, track_loss, track_targets
-from models.infer import SupportCache
 
 from .synthetic_pair import make_pair
 
@@ -18,13 +18,15 @@ ROI_LEVEL_STRIDES = (4, 8, 16, 32)
 
 
 def _run_video(model: MaskTrackRCNN, frames: list[torch.Tensor], window: int) -> list[dict]:
-    """Online inference: each frame sees the cache of up to ``window`` past frames."""
-    cache = SupportCache(window)
+    """Online inference: each frame sees the cache of up to ``window`` past frames
+    (stacked per level as [1, T, C, H_l, W_l], as the model takes them)."""
+    cache: deque[list[torch.Tensor]] = deque(maxlen=window)
     outputs = []
     for frame in frames:
-        out = model([frame], support_features=cache.features())[0]
+        support = [torch.stack(level)[None] for level in zip(*cache)] if cache else None
+        out = model([frame], support_features=support)[0]
         outputs.append(out)
-        cache.push(out["cache_features"])
+        cache.append(out["cache_features"])
     return outputs
 
 

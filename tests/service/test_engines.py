@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pytest
 
-from export.ort_runtime import prepare_frame
 from export.spec import cache_shapes
+from models.stream_step import prepare_frame
 from service.engines import ENGINE_KINDS, create_engine
 from service.engines.base import Engine, EngineError, FrameInput, FrameOutput
 from service.engines.batching import BatchingEngine

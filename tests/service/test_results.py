@@ -14,6 +14,7 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from export.ort_runtime import paste_masks
+from models import masks
 from service import results
 from service.engines.base import FrameOutput
 from service.results import ImageError, decode_image, frame_result, overlay_png
@@ -124,7 +125,7 @@ def test_box_region_pasting_equals_full_frame_paste_masks_also_across_the_edges(
     probs = rng.random((len(boxes), 1, 28, 28)).astype(np.float32)
     expected = paste_masks(probs, boxes, *FRAME) > 0.5
     for box, prob, reference in zip(boxes, probs, expected):
-        got = results.paste_mask(prob[0], box, *FRAME)
+        got = masks.paste_mask(prob[0], box, *FRAME)
         assert got.flags.f_contiguous
         np.testing.assert_array_equal(got, reference, err_msg=str(box))
 

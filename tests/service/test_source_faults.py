@@ -116,7 +116,7 @@ def test_a_camera_lost_mid_stream_is_a_fault_event_at_once_and_clears_on_reconne
 
             live.wait_for(refused, REPORTED_WITHIN_S, what="the refused reconnect's fault")
             assert refused()[0].startswith("source error: ConnectionRefusedError"), refused()
-            puller = live.app.state.cellwatch["manager"].sources["door"]
+            puller = live.app.state.cellwatch.manager.sources["door"]
             retries = puller.stats()["reconnects"]
             live.wait_for(lambda: puller.stats()["reconnects"] >= retries + 3, 5, what="three more refused retries")
             assert len(refused()) == 1
