@@ -28,6 +28,7 @@ COPY pyproject.toml README.md ./
 COPY models/ models/
 COPY export/ export/
 COPY service/ service/
+COPY client/ client/
 
 # Everything pyproject.toml pins, torch==2.14.1 included (large; it stays in this stage).
 RUN pip install . \

@@ -35,20 +35,16 @@ import random
 import sys
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 from tqdm import tqdm
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 
-try:
-    from service.framing import encode_frame
-    from service.sources import backoff_delay
-except ImportError:  # run from a checkout that is not installed
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from service.framing import encode_frame
-    from service.sources import backoff_delay
+# The project is installed (`make` installs it into .venv; the image installs its
+# wheel), so the service's own wire format and backoff are imported, never copied.
+from service.framing import encode_frame
+from service.sources import backoff_delay
 
 # Close codes after which reconnecting cannot help.
 FATAL_CLOSE_CODES = {

@@ -1,7 +1,9 @@
 """The ``cellwatch`` console script.
 
 Imports nothing heavy at start-up: the service must run without torch when
-its engine is ONNX Runtime or TensorRT.
+its engine is ONNX Runtime or TensorRT. ``cellwatch demo`` is a client of the
+service (``client.demo``), imported inside its subcommand only: the service
+package never imports ``client`` at module level.
 """
 
 from __future__ import annotations
@@ -10,8 +12,7 @@ import argparse
 import sys
 from pathlib import Path
 
-# The shipped person model as exported by `make model` (ONNX + its sidecar .json).
-SHIPPED_MODEL = Path(__file__).resolve().parents[1] / "models" / "weights" / "person-lite.onnx"
+from .shipped_model import SHIPPED_MODEL
 
 
 def _presets(_: argparse.Namespace) -> int:
@@ -84,12 +85,14 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from client.demo import run_demo
 
     return run_demo(args)
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .engines import ENGINE_KINDS  # the one list; light (no torch, no onnxruntime)
+
     parser = argparse.ArgumentParser(
         prog="cellwatch",
         description="Advisory person segmentation and proximity alerts for robot cells. NOT safety-rated.",
@@ -102,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--port", type=int)
     serve.add_argument("--model", "--weights", dest="model",
                        help="model file: .onnx (onnxruntime), .pt (torch) or .engine (tensorrt)")
-    serve.add_argument("--engine", choices=["onnxruntime", "torch", "tensorrt"])
+    serve.add_argument("--engine", choices=ENGINE_KINDS)
     serve.add_argument("--threads", type=int, help="inference threads")
     serve.set_defaults(run=_serve)
     demo = commands.add_parser(

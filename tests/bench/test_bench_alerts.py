@@ -1,27 +1,14 @@
-"""Smoke test of ``bench/alerts.py`` (frame capture -> event at /v1/alerts subscribers)."""
+"""Smoke test of ``bench/bench_alerts.py`` (frame capture -> event at /v1/alerts subscribers)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "alerts.py"
-
-
-def _load():
-    # bench/ is not a package, and "service" is taken by the service package.
-    spec = importlib.util.spec_from_file_location("bench_alerts_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-alerts = _load()
+import bench_alerts as alerts  # bench/ is on sys.path (pyproject's pytest pythonpath), as for the script
+import bench_common
+from bench_subscribers import Subscriber, analyse
 
 
 def _event(stream: str, seq: int, kind: str, capture_ts: float | None, emit_ts: float, **fields) -> str:
@@ -42,7 +29,7 @@ def test_bad_arguments_are_refused(tmp_path, capsys) -> None:
 
 
 def test_analyse_pools_subscribers_and_finds_the_worst_one() -> None:
-    fast, slow = alerts.Subscriber(0), alerts.Subscriber(1)
+    fast, slow = Subscriber(0), Subscriber(1)
     for k in range(1, 11):  # persons events: capture at k, emitted 0.1 s later
         capture = float(k)
         fast.received.append((capture + 0.11, _event("a", k, "persons", capture, capture + 0.1)))
@@ -50,12 +37,12 @@ def test_analyse_pools_subscribers_and_finds_the_worst_one() -> None:
     fast.received.append((20.2, _event("a", 11, "state", 20.0, 20.1)))
     fast.received.append((21.0, _event("a", 12, "state", None, 21.0)))  # a watchdog transition
     slow.received.append((20.5, _event("a", 11, "state", 20.0, 20.1)))  # seq 12 never came
-    out = alerts.analyse([fast, slow], ["a"], {"a": 11})
+    out = analyse([fast, slow], ["a"], {"a": 11})
 
     persons = out["persons_latency_ms"]
     assert persons["n"] == 20 and persons["max"] == pytest.approx(600.0)
     pooled = [110.0] * 10 + [100.0 + 50 * k for k in range(1, 11)]
-    assert persons["p50"] == pytest.approx(alerts.summary_ms(pooled)["p50"])
+    assert persons["p50"] == pytest.approx(bench_common.summary(pooled)["p50"])
     worst = out["persons_latency_worst_subscriber"]
     assert worst["subscriber"] == 1 and worst["max"] == pytest.approx(600.0)
     assert out["persons_p99_per_subscriber"][0] == pytest.approx(110.0)
@@ -67,11 +54,11 @@ def test_analyse_pools_subscribers_and_finds_the_worst_one() -> None:
     assert out["events_by_type_per_subscriber"] == {"persons": 10.0, "state": 1.5}
     # 11 frames processed, 10 persons events each: one missing per subscriber
     assert out["missing_persons_events"] == 2 and out["seq_gaps"] == 0 and out["seq_duplicates"] == 0
-    assert alerts.summary_ms([]) == {"n": 0, "p50": None, "p99": None, "max": None}
+    assert bench_common.summary([]) == {"n": 0, "p50": None, "p99": None, "max": None}
 
 
-@pytest.mark.skipif(not alerts.bench.DEFAULT_VIDEO.is_file(),
-                    reason=f"{alerts.bench.DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
+@pytest.mark.skipif(not bench_common.DEFAULT_VIDEO.is_file(),
+                    reason=f"{bench_common.DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
 def test_one_stream_two_subscribers_smoke_run(tmp_path, capsys, lite_roialign_onnx) -> None:
     # The session's shared lite export (roialign, random heads, 768x576).
     argv = ["--streams", "1", "--subscribers", "2", "--seconds", "2", "--workdir", str(tmp_path),

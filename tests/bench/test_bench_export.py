@@ -1,25 +1,13 @@
-"""Smoke test of ``bench/export.py`` (per-frame latency of eager vs ONNX Runtime)."""
+"""Smoke test of ``bench/bench_export.py`` (per-frame latency of eager vs ONNX Runtime)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "export.py"
-
-
-def _load():
-    # bench/ is not a package, and "export" is taken by the export package.
-    spec = importlib.util.spec_from_file_location("bench_export_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+import bench_export as bench  # bench/ is on sys.path (pyproject's pytest pythonpath), as for the script
+from bench_common import DEFAULT_VIDEO
 
 
 def test_missing_video_names_the_file_and_the_fix(tmp_path, capsys) -> None:
@@ -29,8 +17,8 @@ def test_missing_video_names_the_file_and_the_fix(tmp_path, capsys) -> None:
     assert str(missing) in err and "apt-get install opencv-doc" in err and "--video PATH" in err
 
 
-@pytest.mark.skipif(not bench.DEFAULT_VIDEO.is_file(),
-                    reason=f"{bench.DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
+@pytest.mark.skipif(not DEFAULT_VIDEO.is_file(),
+                    reason=f"{DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
 def test_quick_run_reports_positive_latencies(tmp_path, capsys) -> None:
     # Eager only: the ONNX Runtime engines need an export (over a minute each),
     # and test_onnx_export.py already runs both exported modes.

@@ -1,31 +1,19 @@
-"""Smoke test of ``bench/person_model.py`` on three real held-out vtest frames."""
+"""Smoke test of ``bench/bench_person_model.py`` on three real held-out vtest frames."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import bench_person_model as bench  # bench/ is on sys.path (pyproject's pytest pythonpath), as for the script
+
 ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "bench" / "person_model.py"
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 HELDOUT = ROOT / "tests" / "data" / "vtest_heldout_people.json"
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("bench_person_model_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
 
 
 def test_frame_matching_counts():

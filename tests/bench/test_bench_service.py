@@ -1,27 +1,15 @@
-"""Smoke test of ``bench/service.py`` (end-to-end latency of the service under pushed streams)."""
+"""Smoke test of ``bench/bench_service.py`` (end-to-end latency of the service under pushed streams)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "service.py"
-
-
-def _load():
-    # bench/ is not a package, and "service" is taken by the service package.
-    spec = importlib.util.spec_from_file_location("bench_service_script", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    return module
-
-
-bench = _load()
+import bench_live
+import bench_service as bench  # bench/ is on sys.path (pyproject's pytest pythonpath), as for the script
+from bench_common import DEFAULT_VIDEO
 
 
 def test_missing_video_names_the_file_and_the_fix(tmp_path, capsys) -> None:
@@ -46,8 +34,8 @@ def test_pooling_of_per_stream_percentiles() -> None:
         {"processed": 10, "latency_ms": {"p50": 200.0, "p95": 260.0, "p99": 290.0, "max": 300.0}},
         {"processed": 0, "latency_ms": {"p50": None, "p95": None, "p99": None, "max": None}},
     ]
-    assert bench.pool_latency(per_stream) == {"p50": 125.0, "p95": 260.0, "p99": 290.0, "max": 300.0}
-    assert bench.pool_latency(per_stream[2:]) == {"p50": None, "p95": None, "p99": None, "max": None}
+    assert bench_live.pool_latency(per_stream) == {"p50": 125.0, "p95": 260.0, "p99": 290.0, "max": 300.0}
+    assert bench_live.pool_latency(per_stream[2:]) == {"p50": None, "p95": None, "p99": None, "max": None}
 
 
 def test_histogram_quantile_interpolates_like_prometheus() -> None:
@@ -60,8 +48,8 @@ def test_histogram_quantile_interpolates_like_prometheus() -> None:
     assert bench.histogram_quantile([(0.1, 0.0), (float("inf"), 4.0)], 0.5) == pytest.approx(0.1)
 
 
-@pytest.mark.skipif(not bench.DEFAULT_VIDEO.is_file(),
-                    reason=f"{bench.DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
+@pytest.mark.skipif(not DEFAULT_VIDEO.is_file(),
+                    reason=f"{DEFAULT_VIDEO} is missing (apt-get install opencv-doc)")
 def test_one_stream_smoke_run(tmp_path, capsys, lite_roialign_onnx) -> None:
     # The session's shared lite export (768x576) stands in for the benchmark's own.
     argv = ["--streams", "1", "--seconds", "2", "--workdir", str(tmp_path), "--model", str(lite_roialign_onnx)]

@@ -1,6 +1,6 @@
-"""`cellwatch demo` end to end: a real `cellwatch serve` subprocess, vtest.avi pushed
-into its ingest WebSocket, alerts from /v1/alerts, the summary and the annotated MP4;
-and the ways it must fail clearly."""
+"""`cellwatch demo` (``client.demo``) end to end: a real `cellwatch serve` subprocess,
+vtest.avi pushed into its ingest WebSocket, alerts from /v1/alerts, the summary and
+the annotated MP4; and the ways it must fail clearly."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import numpy as np
 import pytest
 import yaml
 
-from service import demo, demo_video
+from client import demo_setup, demo_video
+from client.server_process import free_port
 from service.cli import main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,12 +28,6 @@ STATES = {"CLEAR", "WARNING", "PROTECTIVE_STOP", "FAULT"}
 def _demo(*args: str, timeout: float = 240) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "service.cli", "demo", *args], cwd=ROOT, capture_output=True,
                           text=True, timeout=timeout)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _port_is_free(port: int) -> bool:
@@ -61,7 +56,7 @@ def _clip(path: Path, frames: int, size: tuple[int, int]) -> Path:
 
 def test_demo_runs_the_service_on_vtest_and_writes_summary_and_video(lite_roialign_onnx, tmp_path):
     out = tmp_path / "out"
-    port = _free_port()
+    port = free_port()
     run = _demo("--model", str(lite_roialign_onnx), "--out", str(out), "--max-frames", "40", "--speed", "4",
                 "--port", str(port))
     assert run.returncode == 0, run.stdout + run.stderr
@@ -133,7 +128,7 @@ def test_demo_runs_the_service_on_vtest_and_writes_summary_and_video(lite_roiali
 def test_demo_reports_a_service_that_cannot_start_and_stops_it(tmp_path):
     model = tmp_path / "broken.onnx"
     model.write_bytes(b"not an onnx model")
-    port = _free_port()
+    port = free_port()
     run = _demo("--model", str(model), "--out", str(tmp_path / "out"), "--port", str(port), timeout=120)
     assert run.returncode == 1
     assert "the service could not start" in run.stderr and "broken" in run.stderr
@@ -164,11 +159,11 @@ def test_demo_names_a_missing_video(tmp_path, capsys):
 
 
 def test_demo_says_how_to_get_the_default_video_and_model(tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(demo, "DEFAULT_VIDEO", tmp_path / "vtest.avi")
+    monkeypatch.setattr(demo_setup, "DEFAULT_VIDEO", tmp_path / "vtest.avi")
     assert main(["demo", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "apt-get install opencv-doc" in err and "VIDEO=" in err and "--video" in err
-    monkeypatch.setattr(demo, "SHIPPED_MODEL", tmp_path / "person-lite.onnx")
+    monkeypatch.setattr(demo_setup, "SHIPPED_MODEL", tmp_path / "person-lite.onnx")
     assert main(["demo", "--video", str(VTEST), "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "person-lite.onnx is missing" in err and "make model" in err and "--model" in err
@@ -188,22 +183,22 @@ def test_demo_config_needs_a_push_stream_named_demo(tmp_path, capsys):
 
 def test_zones_follow_a_video_of_another_size(tmp_path):
     """Pixel zones drawn on 768x576 are scaled to the video; another aspect ratio gets a note."""
-    wide = demo.open_video(str(_clip(tmp_path / "wide.avi", 3, (640, 360))))
+    wide = demo_setup.open_video(str(_clip(tmp_path / "wide.avi", 3, (640, 360))))
     assert (wide.width, wide.height, wide.fps, wide.frames) == (640, 360, 10.0, 3)
     model = tmp_path / "model.onnx"
     model.write_bytes(b"unused")
     (tmp_path / "model.json").write_text(json.dumps({"frame_width": 768, "frame_height": 576}))
-    path, zones = demo.write_cell_config(demo.DEMO_CONFIG, tmp_path / "out", model, 8123, wide, scale=True)
+    path, zones = demo_setup.write_cell_config(demo_setup.DEMO_CONFIG, tmp_path / "out", model, 8123, wide, scale=True)
     written = yaml.safe_load(path.read_text())["streams"][0]["zones"]
     sx, sy = 640 / 768, 360 / 576
     assert written["hazard"] == [[round(x * sx, 2), round(y * sy, 2)] for x, y in
                                  [[430, 250], [540, 250], [565, 310], [445, 310]]]
     assert written["protective"]["distance"] == round(30 * (sx * sy) ** 0.5, 2)
     assert np.allclose(zones.hazard, written["hazard"])
-    note = demo.aspect_note(wide, model)
+    note = demo_setup.aspect_note(wide, model)
     assert note is not None and "640x360" in note and "768x576" in note
-    same_shape = demo.open_video(str(_clip(tmp_path / "half.avi", 2, (384, 288))))
-    assert demo.aspect_note(same_shape, model) is None
+    same_shape = demo_setup.open_video(str(_clip(tmp_path / "half.avi", 2, (384, 288))))
+    assert demo_setup.aspect_note(same_shape, model) is None
 
     # the drawn zones are the ones the service measures with: a ground point's label is its zone
     labels = demo_video.zone_labels(zones, 640, 360)

@@ -1,6 +1,6 @@
 """Time and peak memory of TemporalRoIAlign against a naive full-similarity version.
 
-Usage: python bench/troi_align.py [--out FILE] [--cap-gb 8] [--budget-mb 256]
+Usage: python bench/bench_troi_align.py [--out FILE] [--cap-gb 8] [--budget-mb 256]
 
 The frame is 640x360 padded to 640x384, so the FPN levels are P2 160x96,
 P3 80x48, P4 40x24 and P5 20x12 with 256 channels; RoIs (seeded) have
@@ -13,7 +13,7 @@ similarity at once and gathers the top-k per frame in a Python loop, as
 mmtracking does. Each configuration runs in a fresh subprocess: its peak
 extra memory is the process's peak RSS (ru_maxrss) after one forward minus
 its RSS just before it, inputs and module already built. Prints one JSON
-object on stdout; progress goes to stderr.
+object on stdout; progress and a one-line summary go to stderr.
 """
 
 from __future__ import annotations
@@ -22,21 +22,19 @@ import argparse
 import json
 import math
 import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+import torch.nn.functional as F
+from torch import Tensor
 
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from torch import Tensor  # noqa: E402
-
-from models.temporal_roi_align import TemporalRoIAlign, aggregate_frames, roi_chunk_size  # noqa: E402
+import bench_common
+from models.most_similar import aggregate_frames, roi_chunk_size
+from models.temporal_roi_align import TemporalRoIAlign
 
 FRAME_W, FRAME_H = 640, 360
 PADDED_H = 384
@@ -173,28 +171,56 @@ def run_worker(config: dict) -> dict:
     }
 
 
-def machine() -> dict:
-    return {
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "device": "cpu",
-        "processor": platform.processor() or platform.machine(),
-        "python": platform.python_version(),
-    }
+SETUP = {
+    "frame": [FRAME_W, FRAME_H], "padded": [FRAME_W, PADDED_H],
+    "levels_hw": level_sizes(), "strides": list(STRIDES), "channels": CHANNELS,
+    "output_size": OUTPUT, "num_most_similar": NUM_MOST_SIMILAR, "num_heads": NUM_HEADS,
+    "dtype": "float32", "mode": "inference (no_grad)", "support_level": "same", "seed": SEED,
+    "rois": "sqrt(area) log-uniform in [24, 480] px, h/w log-uniform in [1/3, 3], clipped to frame",
+}
+METHODS = {
+    "memory_method": "fresh subprocess per configuration; peak_extra_bytes = ru_maxrss after one "
+                     "forward minus current RSS (/proc/self/statm) just before it",
+    "naive_estimate_method": "largest level's [R_l*49, T*H*W] similarity plus its gathered top-k "
+                             "features, float32; a lower bound of the naive peak",
+    "time_method": "median of `repeats` forwards after a first (untimed) one",
+}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, help="also write the JSON here")
+def run_config(config: dict, cap_gb: float) -> dict:
+    """One configuration, measured in a fresh ``--worker`` subprocess (or skipped: naive over the cap)."""
+    counts = level_counts(make_inputs(config["rois"], 0)[1])
+    record = dict(config, rois_per_level=counts)
+    estimate = naive_bytes_estimate(counts, config["frames"])
+    if config["impl"] == "naive":
+        record["naive_estimated_bytes"] = estimate
+        if estimate > cap_gb * 2**30:
+            record["skipped"] = f"naive estimate {estimate / 2**30:.1f} GiB exceeds the {cap_gb:g} GiB cap"
+            return record
+    else:
+        record["chunk_rois_per_level"] = chunk_sizes(config["budget_mb"], config["frames"])
+    done = subprocess.run(
+        [sys.executable, __file__, "--worker", json.dumps(config)],
+        capture_output=True, text=True, check=False,
+    )
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        record["error"] = lines[-1] if lines else f"exit {done.returncode}"
+    else:
+        record.update(json.loads(done.stdout.strip().splitlines()[-1]))
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = bench_common.parser(__file__, __doc__)
     parser.add_argument("--cap-gb", type=float, default=8.0,
                         help="skip the naive version where its estimated memory exceeds this")
     parser.add_argument("--budget-mb", type=float, default=256.0, help="TemporalRoIAlign memory_budget_mb")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
+    args = parser.parse_args(argv)
+    if args.worker:  # the parent reads this one line
         print(json.dumps(run_worker(json.loads(args.worker))))
-        return
+        return 0
 
     from tqdm import tqdm
 
@@ -202,59 +228,22 @@ def main() -> None:
         {"rois": r, "frames": t, "impl": impl, "budget_mb": args.budget_mb}
         for r in ROI_COUNTS for t in FRAME_COUNTS for impl in ("chunked", "naive")
     ]
-    results = []
     started = time.perf_counter()
-    for config in tqdm(configs, desc="troi_align", file=sys.stderr):
-        counts = level_counts(make_inputs(config["rois"], 0)[1])
-        record = dict(config, rois_per_level=counts)
-        estimate = naive_bytes_estimate(counts, config["frames"])
-        if config["impl"] == "naive":
-            record["naive_estimated_bytes"] = estimate
-            if estimate > args.cap_gb * 2**30:
-                record["skipped"] = (
-                    f"naive estimate {estimate / 2**30:.1f} GiB exceeds the {args.cap_gb:g} GiB cap"
-                )
-                results.append(record)
-                continue
-        else:
-            record["chunk_rois_per_level"] = chunk_sizes(config["budget_mb"], config["frames"])
-        done = subprocess.run(
-            [sys.executable, __file__, "--worker", json.dumps(config)],
-            capture_output=True, text=True, check=False,
-        )
-        if done.returncode != 0:
-            lines = done.stderr.strip().splitlines()
-            record["error"] = lines[-1] if lines else f"exit {done.returncode}"
-        else:
-            record.update(json.loads(done.stdout.strip().splitlines()[-1]))
-        results.append(record)
-
     report = {
         "benchmark": "temporal_roi_align",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "machine": machine(),
-        "setup": {
-            "frame": [FRAME_W, FRAME_H], "padded": [FRAME_W, PADDED_H],
-            "levels_hw": level_sizes(), "strides": list(STRIDES), "channels": CHANNELS,
-            "output_size": OUTPUT, "num_most_similar": NUM_MOST_SIMILAR, "num_heads": NUM_HEADS,
-            "dtype": "float32", "mode": "inference (no_grad)", "support_level": "same", "seed": SEED,
-            "rois": "sqrt(area) log-uniform in [24, 480] px, h/w log-uniform in [1/3, 3], clipped to frame",
-        },
-        "memory_method": "fresh subprocess per configuration; peak_extra_bytes = ru_maxrss after one "
-                         "forward minus current RSS (/proc/self/statm) just before it",
-        "naive_estimate_method": "largest level's [R_l*49, T*H*W] similarity plus its gathered top-k "
-                                 "features, float32; a lower bound of the naive peak",
-        "time_method": "median of `repeats` forwards after a first (untimed) one",
-        "results": results,
+        "command": bench_common.command(__file__, argv),
+        "machine": bench_common.machine(device="cpu", torch=torch.__version__, torch_threads=torch.get_num_threads()),
+        "setup": SETUP,
+        **METHODS,
+        "results": [run_config(config, args.cap_gb) for config in tqdm(configs, desc="troi_align", file=sys.stderr)],
     }
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
-    ran = [r for r in results if "median_s" in r]
-    print(f"troi_align: {len(ran)} configurations timed, {len(results) - len(ran)} skipped or failed "
-          f"in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    bench_common.finish(report, started)
+    bench_common.emit(report, args.out)
+    ran = [r for r in report["results"] if "median_s" in r]
+    print(f"troi_align: {len(ran)} configurations timed, {len(report['results']) - len(ran)} skipped or failed "
+          f"in {report['wall_s']:.0f} s", file=sys.stderr)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Per-frame CPU latency of the `lite` network: PyTorch eager against its ONNX exports.
 
-Usage: python bench/export.py [--sizes 640x360,768x576] [--frames 0,2]
+Usage: python bench/bench_export.py [--sizes 640x360,768x576] [--frames 0,2]
            [--engines eager,ort-standard,ort-plugin] [--repeats 10] [--warmup 2]
            [--threads 2] [--weights CKPT] [--video vtest.avi] [--workdir DIR] [--quick]
 
@@ -19,7 +19,7 @@ The network is the `lite` preset with ``roi_extractor=temporal``: randomly
 initialised heads (seed 0) on the ImageNet-pretrained backbone unless
 ``--weights`` names a checkpoint. Frames are real frames of OpenCV's vtest.avi,
 resized with cv2 to the camera frame size and then, for every engine alike,
-to the working size (``export.ort_runtime.prepare_frame``); that preparation
+to the working size (``models.stream_step.prepare_frame``); that preparation
 is outside the timed region. With T support frames the cache holds the
 features of the T frames before the timed one (eager: their
 ``cache_features``; ONNX Runtime: their ``features_*`` outputs). Each ONNX
@@ -32,63 +32,53 @@ interpolation), min and max in ms and the detection count of the last run.
 Where the search can be timed from outside (eager: ``TemporalRoIAlign.
 temporal_frames``; ort-plugin: the NumPy operator), ``search_median_ms`` is
 the median per-frame time spent in it. Prints one JSON object on stdout;
-progress goes to stderr.
+progress and a one-line summary go to stderr. Exit status: 0 when every
+configuration was timed, 1 when one failed, 2 on bad arguments or a missing video.
 """
+
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
-import statistics
-import sys
-import tempfile
 import time
 from contextlib import contextmanager
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from export import ort_runtime  # noqa: E402
-from export.onnx import export_onnx, resolve_model  # noqa: E402
-from export.spec import CACHE_LEVELS, PLUGIN_OP, parse_size, working_size  # noqa: E402
-from models.presets import build_model  # noqa: E402
-from models.temporal_roi_align import TemporalRoIAlign  # noqa: E402
+import bench_common
+from export import ort_runtime
+from export.onnx import export_onnx, resolve_model
+from export.spec import CACHE_LEVELS, PLUGIN_OP, working_size
+from models.presets import build_model
+from models.sizes import parse_size_hw
+from models.stream_step import prepare_frame
+from models.temporal_roi_align import TemporalRoIAlign
 
 PRESET = "lite"
 ROI_EXTRACTOR = "temporal"
 ENGINES = ("eager", "ort-standard", "ort-plugin")
 ENGINE_MODE = {"ort-standard": "standard", "ort-plugin": "plugin"}
-DEFAULT_VIDEO = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 DEFAULT_SIZES = "640x360,768x576"
 DEFAULT_FRAME_INDEX = 100
 SEED = 0
+TIMED_REGION = {
+    "eager": "model([image], support_features=cache) under torch.no_grad: transform (normalise, "
+             "resize at scale 1, pad), network, post-processing incl. mask pasting",
+    "ort": "OnnxFrameModel.infer(image, cache): input checks and InferenceSession.run; "
+           "masks stay per-box 28x28 probabilities",
+    "excluded": "video decoding, resizing to frame and working size, building the cache",
+}
 
-
-def log(message: str) -> None:
-    print(f"[bench.export] {message}", file=sys.stderr, flush=True)
-
-
-def size_text(height: int, width: int) -> str:
-    return f"{width}x{height}"
+log = bench_common.logger("export")
+size_text_hw = bench_common.size_text_hw
 
 
 # ----------------------------------------------------------------- inputs
 def read_video_frames(path: Path, last: int, count: int) -> list[np.ndarray]:
     """Frames ``last - count + 1 .. last`` (BGR uint8, oldest first), read in order."""
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{path}: video not found; the default is OpenCV's sample footage "
-            "(`apt-get install opencv-doc`), or pass --video PATH"
-        )
-    capture = cv2.VideoCapture(str(path))
-    if not capture.isOpened():
-        raise ValueError(f"{path}: OpenCV cannot open this video")
+    capture = bench_common.open_video(path)
     frames: list[np.ndarray] = []
     try:
         for index in range(last + 1):
@@ -104,9 +94,11 @@ def read_video_frames(path: Path, last: int, count: int) -> list[np.ndarray]:
 
 def prepare(frame_bgr: np.ndarray, frame_hw: tuple[int, int], work_hw: tuple[int, int]) -> np.ndarray:
     """Video frame -> camera frame size (cv2) -> working size, float32 [3, H, W] RGB in [0, 1]."""
+    import cv2
+
     height, width = frame_hw
     camera = cv2.resize(frame_bgr, (width, height), interpolation=cv2.INTER_LINEAR)
-    return ort_runtime.prepare_frame(camera, work_hw)
+    return prepare_frame(camera, work_hw)
 
 
 # ----------------------------------------------------------------- model
@@ -190,12 +182,9 @@ def measure(run, warmup: int, repeats: int, timer: SearchTimer | None) -> dict:
         if timer is not None:
             search.append(timer.total * 1e3)
     return {
-        "median_ms": round(statistics.median(times), 2),
-        "p90_ms": round(float(np.percentile(times, 90)), 2),
-        "min_ms": round(min(times), 2),
-        "max_ms": round(max(times), 2),
+        **bench_common.summary(times, ("median", "p90", "min", "max"), suffix="_ms"),
         "detections": detections,
-        "search_median_ms": round(statistics.median(search), 2) if timer is not None else None,
+        "search_median_ms": bench_common.summary(search, ("median",))["median"] if timer is not None else None,
         "repeats": repeats,
         "warmup": warmup,
     }
@@ -253,41 +242,17 @@ def bench_ort(path: Path, mode: str, threads: int, frames: list[np.ndarray], cou
         del runtime
 
 
-# ----------------------------------------------------------------- report
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine(threads: int) -> dict:
     import onnxruntime
-    import onnxruntime_extensions
-    import torchvision
 
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "cpu": cpu_model(),
-        "device": "cpu",
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torchvision": torchvision.__version__,
-        "onnxruntime": onnxruntime.__version__,
-        "onnxruntime_providers": onnxruntime.get_available_providers(),
-        "onnxruntime_extensions": onnxruntime_extensions.__version__,
-        "ort_intra_op_threads": threads,
-        "numpy": np.__version__,
-        "opencv": cv2.__version__,
-        "python": platform.python_version(),
-        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-    }
+    return bench_common.machine(
+        device="cpu", torch=torch.__version__, torch_threads=torch.get_num_threads(),
+        onnxruntime_providers=onnxruntime.get_available_providers(), ort_intra_op_threads=threads,
+        **bench_common.versions("torchvision", "onnxruntime", "onnxruntime-extensions", "numpy",
+                                "opencv-python-headless"))
 
 
+# ----------------------------------------------------------------- the run
 def parse_list(text: str, name: str, convert) -> list:
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
@@ -299,7 +264,7 @@ def parse_list(text: str, name: str, convert) -> list:
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python bench/export.py", description=__doc__.splitlines()[0])
+    p = bench_common.parser(__file__, __doc__)
     p.add_argument("--sizes", default=DEFAULT_SIZES, help=f"camera frame sizes WIDTHxHEIGHT (default {DEFAULT_SIZES})")
     p.add_argument("--frames", default="0,2", help="support frame counts T (default 0,2)")
     p.add_argument("--engines", default=",".join(ENGINES), help=f"of {', '.join(ENGINES)} (default all)")
@@ -307,17 +272,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed runs first (default 2)")
     p.add_argument("--threads", type=int, default=2, help="torch and ONNX Runtime intra-op threads (default 2)")
     p.add_argument("--weights", help="lite checkpoint (default: random heads, seed 0)")
-    p.add_argument("--video", type=Path, default=DEFAULT_VIDEO, help=f"video to take frames from (default {DEFAULT_VIDEO})")
+    bench_common.add_video(p, "video to take frames from")
     p.add_argument("--frame-index", type=int, default=DEFAULT_FRAME_INDEX,
                    help=f"the timed frame's index in the video; support frames precede it (default {DEFAULT_FRAME_INDEX})")
-    p.add_argument("--workdir", type=Path, help="where the ONNX files go (default: a temporary directory, removed)")
-    p.add_argument("--out", type=Path, help="also write the JSON here")
+    bench_common.add_workdir(p, "the ONNX files")
     p.add_argument("--quick", action="store_true", help="smoke run: the first size only, 2 repeats")
     return p.parse_args(argv)
 
 
-def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
-    sizes = parse_list(args.sizes, "sizes", parse_size)
+def check_arguments(args: argparse.Namespace) -> tuple[list[tuple[int, int]], list[int], list[str], int]:
+    """``(frame sizes hw, support frame counts, engines, repeats)``; ValueError naming a wrong option."""
+    sizes = parse_list(args.sizes, "sizes", parse_size_hw)
     counts = sorted(set(parse_list(args.frames, "frames", int)))
     engines = parse_list(args.engines, "engines", str)
     unknown = [e for e in engines if e not in ENGINES]
@@ -328,73 +293,57 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
     repeats = args.repeats if args.repeats is not None else (2 if args.quick else 10)
     if repeats < 1 or args.warmup < 0 or args.threads < 1:
         raise ValueError("--repeats and --threads must be >= 1 and --warmup >= 0")
-    if args.quick:
-        sizes = sizes[:1]
     if args.frame_index < max(counts):
         raise ValueError(f"--frame-index {args.frame_index} leaves fewer than {max(counts)} frames before it")
+    return (sizes[:1] if args.quick else sizes), counts, engines, repeats
 
+
+def time_engine(engine: str, model, source: str | None, frames: list[np.ndarray], frame_hw: tuple[int, int],
+                where: dict, counts: list[int], args: argparse.Namespace, repeats: int, workdir: Path,
+                report: dict) -> list[dict]:
+    """One engine at one frame size, for every support frame count (ONNX: exported first)."""
+    if engine == "eager":
+        return bench_eager(model, frames, counts, args.warmup, repeats)
+    mode = ENGINE_MODE[engine]
+    path = workdir / f"{PRESET}_{where['frame_size']}_{mode}.onnx"
+    export_start = time.perf_counter()
+    export_onnx(model, path, mode, frame_size=frame_hw, support_frames=max(counts), weights=source)
+    report["exports"].append({
+        **where, "mode": mode, "seconds": round(time.perf_counter() - export_start, 1),
+        "mib": bench_common.mib(path.stat().st_size), "plugin_nodes": plugin_nodes(path),
+    })
+    return bench_ort(path, mode, args.threads, frames, counts, args.warmup, repeats)
+
+
+def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
+    sizes, counts, engines, repeats = check_arguments(args)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     report = {
-        "benchmark": "export",
-        "command": " ".join(["python", "bench/export.py", *(sys.argv[1:] if argv is None else argv)]),
-        "machine": machine(args.threads),
-        "preset": PRESET,
-        "roi_extractor": ROI_EXTRACTOR,
-        "weights": None,
-        "heads": None,
-        "threads": args.threads,
-        "video": str(args.video),
-        "frame_index": args.frame_index,
-        "timed_region": {
-            "eager": "model([image], support_features=cache) under torch.no_grad: transform (normalise, "
-                     "resize at scale 1, pad), network, post-processing incl. mask pasting",
-            "ort": "OnnxFrameModel.infer(image, cache): input checks and InferenceSession.run; "
-                   "masks stay per-box 28x28 probabilities",
-            "excluded": "video decoding, resizing to frame and working size, building the cache",
-        },
-        "exports": [],
-        "results": [],
+        "benchmark": "export", "command": bench_common.command(__file__, argv), "machine": machine(args.threads),
+        "preset": PRESET, "roi_extractor": ROI_EXTRACTOR, "weights": None, "heads": None, "threads": args.threads,
+        "video": str(args.video), "frame_index": args.frame_index, "timed_region": TIMED_REGION,
+        "exports": [], "results": [],
     }
     # Read the video before the slow parts so a missing file fails at once.
     raw_frames = read_video_frames(args.video, args.frame_index, max(counts) + 1)
     log(f"{len(raw_frames)} frame(s) of {args.video} up to index {args.frame_index}")
-
     log(f"building {PRESET} (roi_extractor={ROI_EXTRACTOR}, "
         f"{'weights ' + args.weights if args.weights else 'random heads, seed 0'})")
     model, source = load_network(args.weights)
     report["weights"] = source
     report["heads"] = "checkpoint" if source else "random (seed 0); ImageNet-pretrained EfficientNet-Lite0 backbone"
     report["roi_extractor"] = model.config.roi_extractor
-    config = model.config
-
-    temporary = None
-    workdir = args.workdir
-    if workdir is None:
-        temporary = tempfile.TemporaryDirectory(prefix="bench_export_")
-        workdir = Path(temporary.name)
-    workdir.mkdir(parents=True, exist_ok=True)
-    try:
+    with bench_common.workdir(args.workdir, "bench_export_") as (workdir, _):
         for frame_hw in sizes:
-            work_hw = working_size(*frame_hw, config.min_size, config.max_size)
+            work_hw = working_size(*frame_hw, model.config.min_size, model.config.max_size)
             frames = [prepare(f, frame_hw, work_hw) for f in raw_frames]
-            where = {"frame_size": size_text(*frame_hw), "working_size": size_text(*work_hw)}
+            where = {"frame_size": size_text_hw(*frame_hw), "working_size": size_text_hw(*work_hw)}
             for engine in engines:
                 log(f"{engine} at frame {where['frame_size']} (working {where['working_size']})")
                 try:
-                    if engine == "eager":
-                        records = bench_eager(model, frames, counts, args.warmup, repeats)
-                    else:
-                        mode = ENGINE_MODE[engine]
-                        path = workdir / f"{PRESET}_{where['frame_size']}_{mode}.onnx"
-                        export_start = time.perf_counter()
-                        export_onnx(model, path, mode, frame_size=frame_hw, support_frames=max(counts),
-                                    weights=source)
-                        report["exports"].append({
-                            **where, "mode": mode, "seconds": round(time.perf_counter() - export_start, 1),
-                            "mib": round(path.stat().st_size / 2**20, 1), "plugin_nodes": plugin_nodes(path),
-                        })
-                        records = bench_ort(path, mode, args.threads, frames, counts, args.warmup, repeats)
+                    records = time_engine(engine, model, source, frames, frame_hw, where, counts, args, repeats,
+                                          workdir, report)
                 except Exception as exc:  # record and go on with the other configurations
                     log(f"{engine} at {where['frame_size']} failed: {type(exc).__name__}: {exc}")
                     records = [{"support_frames": c, "error": f"{type(exc).__name__}: {exc}"} for c in counts]
@@ -403,25 +352,15 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> dict:
                     if "median_ms" in record:
                         log(f"  T={record['support_frames']}: median {record['median_ms']:.1f} ms, "
                             f"p90 {record['p90_ms']:.1f} ms, {record['detections']} detections")
-    finally:
-        if temporary is not None:
-            temporary.cleanup()
-    report["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    return report
+    return bench_common.finish(report, started)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        report = run(args, argv)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report, status = bench_common.guarded(run, args, argv)
+    if report is None:
+        return status
+    bench_common.emit(report, args.out)
     failed = [r for r in report["results"] if "error" in r]
     log(f"{len(report['results']) - len(failed)} configuration(s) timed, {len(failed)} failed, "
         f"in {report['wall_s']:.0f} s")

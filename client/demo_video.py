@@ -2,7 +2,9 @@
 
 A frame the service dropped (newest frame wins) is labelled "not processed";
 the zones are drawn from a per-pixel map computed with ``service.zones``, so
-they show exactly what the service measures against.
+they show exactly what the service measures against. Masks come as the events'
+COCO RLE (``models.masks``), track colours from ``models.drawing``, as in
+every picture the project makes.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from .results import decode_mask, track_colour
-from .zones import ZoneSet, distance_to_polygon, project
+from models.drawing import track_colour
+from models.masks import decode_rle
+from service.zones import ZoneSet, distance_to_polygon, project
 
-if TYPE_CHECKING:  # the driver's records, read here only
-    from .demo import Run, Video
+if TYPE_CHECKING:  # the replay's records, read here only
+    from .demo_replay import Run
+    from .demo_setup import Video
 
 ADVISORY = "advisory - not safety-rated"
 STATE_COLOURS = {"CLEAR": (80, 200, 60), "WARNING": (0, 200, 255), "PROTECTIVE_STOP": (40, 40, 230),
@@ -78,7 +82,7 @@ class Annotator:
         for k, person in enumerate(persons):
             colour = track_colour(person["track_id"] if person["track_id"] is not None else k)
             if person.get("mask"):
-                mask = decode_mask(person["mask"])
+                mask = decode_rle(person["mask"])
                 if mask.shape != canvas.shape[:2]:
                     mask = cv2.resize(mask.astype(np.uint8), (self.width, self.height),
                                       interpolation=cv2.INTER_NEAREST) > 0
@@ -154,6 +158,3 @@ def write_video(path: Path, video: Video, run: Run, zones: ZoneSet | None) -> in
         capture.release()
         writer.release()
     return written
-
-
-# ------------------------------------------------------------------ main
