@@ -11,9 +11,10 @@ included, so long CPU runs can be done in chunks (``--max-iters`` /
 The eight experiments of the backbone / RoI-extractor study are
 ``--preset {r50,r101,x101_32x4d,x101_64x4d} --roi-extractor {roialign,temporal}``.
 
-``--copy-paste`` turns on the copy-paste augmentation of ``models.data.copy_paste``
-(new backgrounds, people pasted into both frames of a pair); check what it
-makes with ``python -m models.data.copy_paste --data DIR --out sheet.png``.
+``--copy-paste``, ``--zoom`` and ``--photometric`` turn on the training-pair
+augmentation of ``models.data.augment`` (new backgrounds and pasted people,
+zoom in and out, camera looks); check what it makes with
+``python -m models.data.preview --data DIR --out sheet.png`` and the same flags.
 """
 
 from __future__ import annotations
@@ -32,20 +33,20 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from .checkpoint import read_checkpoint, save_checkpoint
-from .data import CopyPaste, YTVISPairs, collate_pairs, load_ytvis
+from .data import YTVISPairs, collate_pairs, load_ytvis
+from .data.augment import add_augment_arguments, build_augmenter, resolve_augment_arguments
 from .data.split_args import add_split_arguments, resolve_split_arguments
 from .presets import PRESETS, build_model
 from .schedule import ResumableSampler, Schedule
+from .sizes import parse_size_wh
 
 
-def parse_size(text: str) -> tuple[int, int]:
+def _input_size(text: str) -> tuple[int, int]:
+    """``--input-size`` WIDTHxHEIGHT -> (width, height), at least 32 a side."""
     try:
-        width, height = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, e.g. 640x360, got {text!r}") from None
-    if width < 32 or height < 32:
-        raise argparse.ArgumentTypeError(f"input size {text} is too small (at least 32x32)")
-    return width, height
+        return parse_size_wh(text, minimum=32)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,12 +56,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--temporal-heads", default="box,track", help="heads using Temporal RoI Align (box,mask,track)")
     add_split_arguments(p)
     p.add_argument("--out", type=Path, required=True, help="run folder: checkpoints and log.jsonl")
-    p.add_argument("--input-size", type=parse_size, default=(640, 360), help="keep-ratio scale WxH")
+    p.add_argument("--input-size", type=_input_size, default=(640, 360), help="keep-ratio scale WxH")
     p.add_argument("--frame-range", type=int, default=None, help="reference frame within +-N frames")
-    p.add_argument("--copy-paste", action="store_true", help="copy-paste augmentation of the training pairs")
-    p.add_argument("--copy-paste-backgrounds", type=Path, metavar="DIR", help="folder of background photos (with --copy-paste)")
-    p.add_argument("--copy-paste-prob", type=float, metavar="P", help="chance a pair is augmented (with --copy-paste; 0.5)")
-    p.add_argument("--max-paste", type=int, metavar="N", help="people pasted into a pair at most (with --copy-paste; 3)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--lr-steps", type=int, nargs="*", default=[8, 11])
     p.add_argument("--batch-size", type=int, default=1, help="pairs per process and step")
@@ -83,27 +80,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--no-amp", action="store_true", help="disable mixed precision on CUDA")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option override")
+    add_augment_arguments(p)
     args = p.parse_args(argv)
     resolve_split_arguments(p, args)
-    resolve_copy_paste_arguments(p, args)
+    resolve_augment_arguments(p, args)
     return args
-
-
-def resolve_copy_paste_arguments(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Defaults for the copy-paste options when on; refuse them when off."""
-    options = {"copy_paste_backgrounds": None, "copy_paste_prob": 0.5, "max_paste": 3}
-    if not args.copy_paste:
-        given = [name for name in options if getattr(args, name) is not None]
-        if given:
-            parser.error(f"--{given[0].replace('_', '-')} needs --copy-paste")
-        return
-    for name, default in options.items():
-        if getattr(args, name) is None:
-            setattr(args, name, default)
-    if not 0.0 <= args.copy_paste_prob <= 1.0:
-        parser.error(f"--copy-paste-prob must be in [0, 1], got {args.copy_paste_prob}")
-    if args.max_paste < 0:
-        parser.error(f"--max-paste must be >= 0, got {args.max_paste}")
 
 
 def model_overrides(args: argparse.Namespace, categories: list[dict]) -> dict:
@@ -178,13 +159,9 @@ def train(args: argparse.Namespace) -> int:
     device = ddp.device()
 
     annotations = load_ytvis(args.ann)
-    copy_paste = None
-    if args.copy_paste:
-        copy_paste = CopyPaste(prob=args.copy_paste_prob, max_paste=args.max_paste,
-                               background_dir=args.copy_paste_backgrounds)
     dataset = YTVISPairs(
         annotations, args.images, scale=args.input_size, flip_prob=0.5, frame_range=args.frame_range, seed=args.seed,
-        copy_paste=copy_paste,
+        augmenter=build_augmenter(args, annotations, args.images),
     )
     if len(dataset) == 0:
         raise SystemExit(f"error: {args.ann}: no annotated frames to train on")

@@ -37,8 +37,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
-    # Imported on first use: ``python -m models.data.copy_paste`` must find the
-    # module not yet loaded by its package (runpy warns otherwise).
+    # Imported on first use: the augmentation pulls in OpenCV-heavy code that
+    # loading annotations does not need.
     if name in ("CopyPaste", "CopyPasteAugmenter"):
         from . import copy_paste
 

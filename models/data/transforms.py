@@ -1,5 +1,5 @@
 """Training-frame geometry: the keep-ratio resize rule, resize, horizontal flip,
-and the conversion of a frame and its target to tensors.
+boxes from masks, and the conversion of a frame and its target to tensors.
 
 A frame target here is a dict of numpy arrays at the frame's current
 resolution: ``boxes`` [N, 4] float32 (x1 y1 x2 y2, pixel edges), ``labels``
@@ -16,6 +16,16 @@ import torch
 from torch import Tensor
 
 FrameTarget = dict[str, np.ndarray]
+Frame = tuple[np.ndarray, FrameTarget]  # RGB uint8 (H, W, 3) and its target
+
+
+def boxes_from_masks(masks: np.ndarray) -> np.ndarray:
+    """[N, 4] float32 x1 y1 x2 y2 (pixel edges) of non-empty masks [N, H, W]."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        cols, rows = np.flatnonzero(mask.any(0)), np.flatnonzero(mask.any(1))
+        boxes[i] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    return boxes
 
 
 def keep_ratio_size(width: int, height: int, scale: tuple[int, int] = (640, 360)) -> tuple[int, int]:

@@ -1,6 +1,9 @@
 """YouTube-VIS (2019 and 2021) annotations: loading with validation, the label
 map, per-frame instances, frame reading, and the (key, reference) training pairs.
 
+Augmentation is handed in: the pair dataset takes any ``PairAugmenter``
+(``models.data.augment`` builds them) and imports no augmentation module.
+
 Every problem found in an annotation file is a ``ValueError`` naming the file,
 the video (and annotation, and frame where relevant) and what is wrong, so a
 bad file stops a run at start-up instead of mid-epoch.
@@ -12,7 +15,7 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import cv2
 import numpy as np
@@ -20,10 +23,7 @@ import pycocotools.mask as mask_utils
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from .transforms import FrameTarget, hflip, keep_ratio_size, resize, to_tensors
-
-if TYPE_CHECKING:
-    from .copy_paste import CopyPaste
+from .transforms import Frame, FrameTarget, hflip, keep_ratio_size, resize, to_tensors
 
 Segmentation = dict[str, Any] | list[list[float]] | None
 
@@ -303,6 +303,15 @@ def iter_video_frames(video: YTVISVideo, image_root: str | Path) -> Iterator[np.
         yield read_frame(path, video.id)
 
 
+class PairAugmenter(Protocol):
+    """What the pair dataset calls on each (key, reference) pair after resize
+    and flip: numpy frames in, numpy frames out, every random draw from
+    ``rng`` (the sample's generator after its pair draw)."""
+
+    def __call__(self, key: Frame, reference: Frame, rng: np.random.Generator, video_id: int,
+                 flip: bool) -> tuple[Frame, Frame]: ...
+
+
 class YTVISPairs(Dataset):
     """(key frame, reference frame) training pairs, MaskTrackRCNN style.
 
@@ -322,9 +331,9 @@ class YTVISPairs(Dataset):
     ``models.data.transforms`` (torch tensors), ``instance_ids`` being the
     annotation ids, crowd instances only in ``ignore_boxes``.
 
-    With ``copy_paste`` (``models.data.copy_paste``) a pair is augmented
-    after resize and flip with the rest of the sample's random stream, so the
-    pair draws stay the same as without it.
+    With an ``augmenter`` a pair is augmented after resize and flip with the
+    rest of the sample's random stream, so the pair draws stay the same as
+    without it.
     """
 
     def __init__(
@@ -335,7 +344,7 @@ class YTVISPairs(Dataset):
         flip_prob: float = 0.5,
         frame_range: int | None = None,
         seed: int = 0,
-        copy_paste: CopyPaste | None = None,
+        augmenter: PairAugmenter | None = None,
     ) -> None:
         self.annotations = annotations if isinstance(annotations, YTVISAnnotations) else load_ytvis(annotations)
         self.image_root = Path(image_root)
@@ -351,7 +360,7 @@ class YTVISPairs(Dataset):
         self.samples = [(video_id, f) for video_id, frames in self.annotated_frames.items() for f in frames]
         if not self.samples:
             raise ValueError(f"{self.annotations.path}: no frame has a non-crowd instance (a valid/test split?)")
-        self.augmenter = copy_paste.bind(self.annotations, self.image_root) if copy_paste is not None else None
+        self.augmenter = augmenter
 
     def _has_valid_instance(self, video_id: int, frame: int) -> bool:
         return any(not i.iscrowd for i in self.annotations.frame_instances(video_id, frame))
@@ -384,7 +393,7 @@ class YTVISPairs(Dataset):
     def load_frame(self, video_id: int, frame: int, flip: bool) -> tuple[Tensor, dict[str, Tensor]]:
         return to_tensors(*self.frame_arrays(video_id, frame, flip))
 
-    def frame_arrays(self, video_id: int, frame: int, flip: bool) -> tuple[np.ndarray, FrameTarget]:
+    def frame_arrays(self, video_id: int, frame: int, flip: bool) -> Frame:
         """A frame and its target resized and flipped, as numpy arrays."""
         video = self.annotations.video(video_id)
         path = self.image_root / video.file_names[frame]

@@ -403,3 +403,28 @@ def test_a_batch_of_pairs_trains_masktrack_rcnn(dataset_files) -> None:
     losses = model.train()(*collate_pairs([pairs[i] for i in range(3)]))
     assert {"loss_classifier", "loss_mask", "loss_track"} <= set(losses)
     assert all(torch.isfinite(v) for v in losses.values())
+
+
+class _Recorder:
+    """A ``PairAugmenter`` that inverts the key image and records its calls and first random draw."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool, float]] = []
+
+    def __call__(self, key, reference, rng, video_id, flip):
+        self.calls.append((video_id, flip, float(rng.random())))
+        return (255 - key[0], key[1]), reference
+
+
+def test_an_augmenter_gets_both_frames_and_the_rest_of_the_samples_generator(dataset_files) -> None:
+    plain = YTVISPairs(*dataset_files, scale=(WIDTH, HEIGHT), seed=4)
+    recorder = _Recorder()
+    augmented = YTVISPairs(*dataset_files, scale=(WIDTH, HEIGHT), seed=4, augmenter=recorder)
+    for index in range(len(plain)):
+        assert plain.draw(index) == augmented.draw(index)  # augmenting leaves the pair draws alone
+        key_image, key_target, reference_image, _ = augmented[index]
+        assert torch.allclose(key_image, 1 - plain[index][0], atol=1e-6)
+        assert torch.equal(reference_image, plain[index][2])
+        assert torch.equal(key_target["boxes"], plain[index][1]["boxes"])
+        (video_id, _, _, flip), rng = plain.draw_with_rng(index)
+        assert recorder.calls[-1] == (video_id, flip, rng.random())
