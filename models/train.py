@@ -68,7 +68,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--clip", type=float, default=35.0, help="gradient norm clip (0 = off)")
     p.add_argument("--warmup-iters", type=int, default=500)
     p.add_argument("--warmup-ratio", type=float, default=1.0 / 3.0)
-    p.add_argument("--pretrained-backbone", help="local torchvision ImageNet checkpoint (ResNet presets)")
+    p.add_argument("--pretrained-backbone", help="local backbone weights: a torchvision ImageNet checkpoint (ResNet "
+                   "presets) or the NanoDet-g checkpoint of `make nanodet` (nano; its default)")
     p.add_argument("--weights", type=Path, help="start from this checkpoint's weights (fine-tuning)")
     p.add_argument("--resume", nargs="?", const="auto", help="continue from OUT/latest.pt (or a given path)")
     p.add_argument("--max-iters", type=int, help="stop (with a checkpoint) after this many iterations in all")

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from models import PRESETS, MaskTrackRCNN, TemporalRoIAlign, build_model
+from models.backbones.nanodet_fpn import DEFAULT_NANODET_CHECKPOINT
 from models.heads import TrackHead, track_logits, track_loss, track_targets
 
 from .synthetic_pair import make_pair
@@ -30,7 +31,12 @@ def _run_video(model: MaskTrackRCNN, frames: list[torch.Tensor], window: int) ->
     return outputs
 
 
-@pytest.mark.parametrize("preset", list(PRESETS))
+# nano's detection-trained trunk is built by `make nanodet` (not committed)
+_NEEDS_NANODET = pytest.mark.skipif(not DEFAULT_NANODET_CHECKPOINT.is_file(),
+                                    reason=f"{DEFAULT_NANODET_CHECKPOINT} missing: run make nanodet")
+
+
+@pytest.mark.parametrize("preset", [pytest.param(p, marks=_NEEDS_NANODET) if p == "nano" else p for p in PRESETS])
 def test_preset_builds_and_runs_at_360x640_with_0_and_2_support_frames(preset: str) -> None:
     torch.manual_seed(0)
     # Randomly initialised heads score near 1/(classes+1): lower the threshold

@@ -11,7 +11,7 @@ from service.cli import main
 def test_presets_lists_every_model_preset(capsys) -> None:
     assert main(["presets"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert [line.split()[0] for line in lines] == ["r50", "r101", "x101_32x4d", "x101_64x4d", "lite"]
+    assert [line.split()[0] for line in lines] == ["r50", "r101", "x101_32x4d", "x101_64x4d", "lite", "nano"]
     assert "resnext101_64x4d" in lines[3] and "classes=1" in lines[4]
 
 
