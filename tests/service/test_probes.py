@@ -124,7 +124,9 @@ def test_a_huge_zone_is_refused_at_once_and_other_streams_keep_their_heartbeats(
             beats.close()
         times = [e["emit_ts"] for e in beats.of("b", "heartbeat")]
         gaps = [b - a for a, b in zip(times, times[1:])]
-        assert len(times) > 10 and max(gaps) < 0.25, f"heartbeats of b stalled: max gap {max(gaps):.3f} s"
+        # 50 ms beats measure 50-100 ms gaps here; the O(n^2) check on the event loop froze the server
+        # for seconds (5.6 s at 4,000 vertices). 1 s leaves room for a busy 2-core CI machine.
+        assert len(times) > 10 and max(gaps) < 1.0, f"heartbeats of b stalled: max gap {max(gaps):.3f} s"
 
 
 def test_the_zone_vertex_limit_is_configurable():
