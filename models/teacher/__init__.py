@@ -13,6 +13,12 @@ NanoDet-g (COCO detector, person = class 0), from the TF.js graph model in npm
 * ``nanodet_convert``: the command ``make nanodet`` runs;
 * ``nanodet_reference.mjs``: TensorFlow.js itself running the file, for tests.
 
+The auto-labeller's teacher (``models.autolabel`` runs it):
+
+* ``people``: its settings, the tiles, SSDLite and NanoDet-g boxes merged in
+  score order, and a mediapipe mask per box;
+* ``tracking``: identities, an IoU + colour tracker with hysteresis.
+
 Nothing here may import ``service`` or ``export``; ``requirements.txt`` is the
 separate teacher environment of ``models.autolabel``.
 """

@@ -16,13 +16,15 @@ from models import autolabel as al
 from models.data import YTVISPairs, load_ytvis
 from models.data.ytvis import decode_mask
 from models.masks import encode_rle_counts
+from models.teacher import people as teacher
+from models.teacher import tracking
 
 ROOT = Path(__file__).resolve().parents[2]
 VTEST = Path("/usr/share/doc/opencv-doc/examples/data/vtest.avi")
 
 
 def test_tiles_cover_the_frame_with_overlap():
-    boxes = al.tiles(768, 576, (3, 2), 0.25)
+    boxes = teacher.tiles(768, 576, (3, 2), 0.25)
     assert boxes[0] == (0, 0, 768, 576)
     grid = boxes[1:]
     assert len(grid) == 6
@@ -33,7 +35,7 @@ def test_tiles_cover_the_frame_with_overlap():
     assert covered.all()
     widths = sorted({x2 - x1 for x1, _, x2, _ in grid})
     assert widths[0] * 3 > 768  # tiles overlap
-    assert al.tiles(640, 480, (0, 0), 0.25) == [(0, 0, 640, 480)]
+    assert teacher.tiles(640, 480, (0, 0), 0.25) == [(0, 0, 640, 480)]
 
 
 def test_merge_drops_duplicates_and_boxes_inside_better_ones():
@@ -44,7 +46,7 @@ def test_merge_drops_duplicates_and_boxes_inside_better_ones():
         [300, 100, 340, 200],  # someone else
     ], float)
     scores = np.array([0.9, 0.8, 0.85, 0.6])
-    assert al.merge_detections(boxes, scores, nms_iou=0.5, contained=0.8).tolist() == [0, 3]
+    assert teacher.merge_detections(boxes, scores, nms_iou=0.5, contained=0.8).tolist() == [0, 3]
 
 
 class FakeDetector:
@@ -76,16 +78,16 @@ def test_two_detectors_merge_into_one_box_per_person():
         [175, 20, 205, 100],  # d
         [250, 20, 280, 100],  # below NanoDet's score too
     ], [0.8, 0.7, 0.6, 0.5, 0.3])
-    settings = al.TeacherSettings(grid=(0, 0), ssdlite_score=0.6, nanodet_score=0.35, nms_iou=0.5, contained=0.85)
-    people = al.detect_people(frame, [ssdlite, nanodet], settings)
+    settings = teacher.TeacherSettings(grid=(0, 0), ssdlite_score=0.6, nanodet_score=0.35, nms_iou=0.5, contained=0.85)
+    people = teacher.detect_people(frame, [ssdlite, nanodet], settings)
     assert [(p.source, p.box.tolist()) for p in people] == [
         ("ssdlite", [10, 20, 40, 100]), ("nanodet", [98, 18, 132, 102]),
         ("nanodet", [160, 20, 190, 100]), ("nanodet", [175, 20, 205, 100])]
     assert [p.score for p in people] == [0.95, 0.7, 0.6, 0.5]
     assert ssdlite.floors == [0.6] and nanodet.floors == [0.35]
     # either detector alone
-    assert [p.box[0] for p in al.detect_people(frame, [ssdlite], settings)] == [10, 100]
-    assert [p.box[0] for p in al.detect_people(frame, [nanodet], settings)] == [12, 98, 160, 175]
+    assert [p.box[0] for p in teacher.detect_people(frame, [ssdlite], settings)] == [10, 100]
+    assert [p.box[0] for p in teacher.detect_people(frame, [nanodet], settings)] == [12, 98, 160, 175]
 
 
 def test_tile_boxes_come_back_in_frame_pixels():
@@ -98,12 +100,12 @@ def test_tile_boxes_come_back_in_frame_pixels():
         def close(self):
             pass
 
-    settings = al.TeacherSettings(grid=(2, 1), tile_overlap=0.25)
-    crops = al.tiles(200, 100, settings.grid, settings.tile_overlap)  # the frame, then 2 tiles
-    people = al.detect_people(np.zeros((100, 200, 3), np.uint8), [EveryCrop()], settings)
+    settings = teacher.TeacherSettings(grid=(2, 1), tile_overlap=0.25)
+    crops = teacher.tiles(200, 100, settings.grid, settings.tile_overlap)  # the frame, then 2 tiles
+    people = teacher.detect_people(np.zeros((100, 200, 3), np.uint8), [EveryCrop()], settings)
     # the frame's box and the left tile's box are the same place; the right tile's is shifted by its origin
     assert sorted(p.box[0] for p in people) == [10, crops[2][0] + 10]
-    assert al.detect_people(np.zeros((100, 200, 3), np.uint8), [], settings) == []
+    assert teacher.detect_people(np.zeros((100, 200, 3), np.uint8), [], settings) == []
 
 
 def _det(box, score, colour=(0, 0, 255)):
@@ -112,14 +114,14 @@ def _det(box, score, colour=(0, 0, 255)):
     frame[y1:y2, x1:x2] = colour
     mask = np.zeros((240, 320), bool)
     mask[y1:y2, x1:x2] = True
-    det = al.Detection(np.array(box, float), score, mask)
-    det.histogram = al.colour_histogram(frame, det.box, mask)
+    det = teacher.Detection(np.array(box, float), score, mask)
+    det.histogram = teacher.colour_histogram(frame, det.box, mask)
     return det
 
 
 def test_tracker_hysteresis_identities_and_min_hits():
-    settings = al.TeacherSettings(score=0.5, min_hits=3, max_age=2)
-    tracker = al.IoUTracker(settings)
+    settings = teacher.TeacherSettings(score=0.5, min_hits=3, max_age=2)
+    tracker = tracking.IoUTracker(settings)
     # a walks right, confident then weak; b appears weak only (never starts); c is a one-frame blip
     for frame in range(6):
         dets = [_det((10 + 3 * frame, 20, 40 + 3 * frame, 100), 0.9 if frame < 2 else 0.3)]
@@ -133,8 +135,8 @@ def test_tracker_hysteresis_identities_and_min_hits():
 
 
 def test_tracker_colour_gate_splits_crossing_people():
-    settings = al.TeacherSettings(min_hits=1)
-    tracker = al.IoUTracker(settings)
+    settings = teacher.TeacherSettings(min_hits=1)
+    tracker = tracking.IoUTracker(settings)
     tracker.update(0, [_det((50, 20, 80, 100), 0.9, colour=(0, 0, 255))])
     tracker.update(1, [_det((52, 20, 82, 100), 0.9, colour=(0, 255, 0))])  # same place, other colours
     assert len(tracker.tracks()) == 2
@@ -150,12 +152,12 @@ def test_rle_and_json_load_as_youtube_vis(tmp_path):
     edge[0, 0] = True  # a run of ones first
     assert np.array_equal(mask_utils.decode(mask_utils.frPyObjects(encode_rle_counts(edge), 48, 64)).astype(bool), edge)
 
-    track = al.Track(1, np.zeros(4), np.zeros(128, np.float32), 2, 0.9)
+    track = tracking.Track(1, np.zeros(4), np.zeros(128, np.float32), 2, 0.9)
     for frame in (0, 2):
         box = (10, 5, 30, 40)
         m = np.zeros((48, 64), bool)
         m[8:38, 12:28] = True
-        track.observations[frame] = al.Detection(np.array(box, float), 0.9, m)
+        track.observations[frame] = teacher.Detection(np.array(box, float), 0.9, m)
     data = al.ytvis_json("clip", 64, 48, 3, [track])
     (tmp_path / "instances.json").write_text(json.dumps(data))
     loaded = load_ytvis(tmp_path / "instances.json")
@@ -192,10 +194,10 @@ def test_cli_names_make_nanodet_when_its_onnx_file_is_missing(tmp_path):
     assert run.returncode == 2 and "make nanodet" not in run.stderr
 
 
-teacher_env = pytest.mark.skipif(not (al.TEACHER_PYTHON.parent.parent / ".installed").is_file() and bool(al.teacher_missing()),
+teacher_env = pytest.mark.skipif(not (al.TEACHER_PYTHON.parent.parent / ".installed").is_file() and bool(teacher.teacher_missing()),
                                  reason="the teacher environment is missing: run `make teacher-env`")
 needs_vtest = pytest.mark.skipif(not VTEST.is_file(), reason="vtest.avi missing (Debian opencv-doc)")
-needs_nanodet = pytest.mark.skipif(not al.NANODET_ONNX.is_file(), reason="nanodet-g.onnx missing: run `make nanodet`")
+needs_nanodet = pytest.mark.skipif(not teacher.NANODET_ONNX.is_file(), reason="nanodet-g.onnx missing: run `make nanodet`")
 TEACHER_V1 = ["--detectors", "ssdlite", "--ssdlite-score", "0.25", "--contained", "0.8", "--score", "0.5"]
 
 
