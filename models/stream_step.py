@@ -92,12 +92,14 @@ def prepare_frame(frame_bgr: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def detections_from_output(output: FrameOutput, frame_hw: tuple[int, int],
                            input_hw: tuple[int, int]) -> Detections:
     """An engine's output in the frame's pixels (boxes scaled back, masks kept as they came)."""
+    height, width = frame_hw
     masks = output.masks
-    if masks is not None and tuple(masks.shape[1:]) != tuple(frame_hw):
-        masks = np.stack([cv2.resize(m.astype(np.uint8), (frame_hw[1], frame_hw[0]),
-                                     interpolation=cv2.INTER_NEAREST) > 0 for m in masks]) \
-            if len(masks) else np.zeros((0, *frame_hw), bool)
-    probs = None if output.mask_probs is None else output.mask_probs.reshape(len(output.boxes), *output.mask_probs.shape[-2:])
+    if masks is not None and tuple(masks.shape[1:]) != (height, width):
+        resized = [cv2.resize(m.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST) > 0 for m in masks]
+        masks = np.stack(resized) if resized else np.zeros((0, height, width), bool)
+    probs = output.mask_probs
+    if probs is not None:
+        probs = probs.reshape(len(output.boxes), *probs.shape[-2:])  # [N, 1, M, M] -> [N, M, M]
     return Detections.from_working_size(output.boxes, output.scores, output.labels, frame_hw, input_hw,
                                         embeddings=output.embeddings, mask_probs=probs, masks=masks)
 
